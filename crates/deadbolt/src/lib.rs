@@ -1,0 +1,79 @@
+//! Distributed locks on Redis that engineers can bet their data on.
+//!
+//! ```no_run
+//! # async fn do_work(_fence: u64) -> Result<(), Box<dyn std::error::Error>> { Ok(()) }
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//!
+//! let locks = deadbolt::Client::connect("redis://127.0.0.1:6379").await?;
+//! let guard = locks
+//!     .lock("movie-likes:42")
+//!     .wait(Duration::from_secs(10)) // Err(Timeout) if not ours within 10 s
+//!     .lease(Duration::from_secs(3)) // fixed lease; leave unset and the watchdog renews
+//!     .acquire()
+//!     .await?;
+//! tokio::select! {
+//!     r = do_work(guard.fencing_token()) => r?,
+//!     _ = guard.lost() => return Err("lock lost".into()),
+//! }
+//! guard.release().await?; // Released | AlreadyExpired | NotOwner
+//! # Ok(()) }
+//! ```
+//!
+//! # What you get
+//!
+//! - **One Redis, done right.** `SET key token NX PX lease` semantics with a 128-bit random
+//!   owner token; release by compare-and-delete that tells *released*, *already expired* and
+//!   *held by someone else* apart ([`ReleaseOutcome`]).
+//! - **Waiting without polling.** Waiters sleep until a release is published on the lock's
+//!   channel or the holder's TTL runs out; one pub/sub connection per [`Client`].
+//! - **A watchdog** renews every held lock's lease in batched round trips while the guard
+//!   lives, and a **lost signal** ([`LockGuard::lost`]) fires when it cannot, never later than
+//!   [`LockGuard::valid_until`].
+//! - **Fencing tokens** ([`LockGuard::fencing_token`]) strictly increasing per lock name, and a
+//!   resource-side check ([`fence::set_if_newer`], and an SQL pattern) that refuses stale
+//!   holders.
+//! - **Cancel safety**: dropping an `acquire` future leaves no lock and no subscription behind.
+//!
+//! # Guarantees, and their limits
+//!
+//! - Mutual exclusion holds while the Redis server keeps its data and its clock runs at a sane
+//!   rate. A failover to a replica that had not yet received the lock (replication is
+//!   asynchronous) can hand the lock to a second owner; a restart without persistence likewise.
+//! - Leases expire by the *server's* wall clock: a clock jump forward on the server shortens
+//!   every lease.
+//! - A holder can pause (GC, swap, SIGSTOP) past its lease and keep working unaware. The lost
+//!   signal tells it as soon as the process runs again; only fencing stops its late writes.
+//!
+//! # Interoperability
+//!
+//! The lock key (see [`key`]) is a plain string holding the owner token with a `PX` expiry, as
+//! redsync, node-redlock and redis-py's `Lock` use: a peer locking the same key is mutually
+//! excluded with deadbolt. What a mixed fleet loses: peers publish nothing on release, so our
+//! waiters wake at the end of the TTL they saw instead of at once; peers mint no fencing tokens.
+//!
+//! # Defaults and limits
+//!
+//! Wait [`DEFAULT_WAIT`] (10 s) up to [`MAX_WAIT`]; without a lease, the watchdog keeps a
+//! [`DEFAULT_WATCHDOG_LEASE`] (30 s) lease renewed every 10 s; fixed leases from [`MIN_LEASE`]
+//! to [`MAX_LEASE`]; lock names up to [`key::MAX_NAME_LEN`] bytes.
+
+mod client;
+mod error;
+pub mod fence;
+mod guard;
+pub mod key;
+mod mutex;
+mod options;
+mod queue;
+mod scripts;
+mod waiters;
+mod watchdog;
+
+pub use client::{Client, ClientBuilder, LockInfo};
+pub use error::{Error, Result};
+pub use guard::{LockGuard, ReleaseOutcome};
+pub use mutex::LockBuilder;
+pub use options::{
+    DEFAULT_WAIT, DEFAULT_WATCHDOG_LEASE, Lease, LockOptions, MAX_LEASE, MAX_WAIT, MIN_LEASE,
+};

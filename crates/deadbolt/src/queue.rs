@@ -1,0 +1,105 @@
+//! The local queue: tasks of one client that want the same lock line up here, first come first
+//! served, and only the head of the line contends in Redis.
+//!
+//! Without it, a task that releases a lock and asks for it again would race its own client's
+//! waiters with a head start of one pub/sub round trip, and win nearly every time: a busy task
+//! would starve its neighbours. With it, a client hands a lock to its own tasks in FIFO order
+//! (tokio's `Mutex` is fair) and Redis sees one contender per client and lock name.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OwnedMutexGuard;
+
+type Slots = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>;
+
+/// The per-client table of local lines, one per lock name in use.
+#[derive(Debug, Default)]
+pub(crate) struct LocalQueue {
+    slots: Slots,
+}
+
+/// A place at the head of a line. The line moves on when the ticket is dropped, that is when the
+/// lock is released (or the attempt gives up).
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    name: String,
+    guard: Option<OwnedMutexGuard<()>>,
+    slots: Slots,
+}
+
+impl LocalQueue {
+    fn slot(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut slots = self.slots.lock().unwrap();
+        slots.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// Waits for the head of the line of `name`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped future leaves the line.
+    pub(crate) async fn enter(&self, name: &str) -> Ticket {
+        let mut ticket = Ticket {
+            name: name.to_owned(),
+            guard: None,
+            slots: self.slots.clone(),
+        };
+        ticket.guard = Some(self.slot(name).lock_owned().await);
+        ticket
+    }
+
+    /// Takes the head of the line of `name` if nobody is in it.
+    pub(crate) fn try_enter(&self, name: &str) -> Option<Ticket> {
+        let guard = self.slot(name).try_lock_owned().ok();
+        let ticket = Ticket {
+            name: name.to_owned(),
+            guard,
+            slots: self.slots.clone(),
+        };
+        // On failure the ticket's Drop still tidies the slot it created.
+        ticket.guard.is_some().then_some(ticket)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        // Let the next task in, then forget the line if nobody else is in it, so a million lock
+        // names used once do not stay in memory. Clones are only made under the table's lock,
+        // so a count of one (the table's own) cannot grow behind our back.
+        drop(self.guard.take());
+        let mut slots = self.slots.lock().unwrap();
+        if slots
+            .get(&self.name)
+            .is_some_and(|slot| Arc::strong_count(slot) == 1)
+        {
+            slots.remove(&self.name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn line_is_fifo_and_forgotten_when_empty() {
+        let q = LocalQueue::default();
+        let first = q.enter("a").await;
+        assert!(q.try_enter("a").is_none(), "the line is taken");
+        let second = tokio::spawn({
+            let slots = q.slots.clone();
+            async move {
+                let q = LocalQueue { slots };
+                q.enter("a").await
+            }
+        });
+        tokio::task::yield_now().await;
+        drop(first);
+        let second = second.await.unwrap();
+        assert!(q.try_enter("a").is_none());
+        drop(second);
+        assert!(q.slots.lock().unwrap().is_empty(), "empty lines are forgotten");
+        assert!(q.try_enter("a").is_some());
+    }
+}

@@ -1,0 +1,36 @@
+//! The Lua scripts, loaded once per process. Their sources sit in `scripts/*.lua`, each with a
+//! header naming its keys, arguments and replies.
+//!
+//! `redis::Script` runs `EVALSHA` and falls back to loading the script on `NOSCRIPT` (after a
+//! Redis restart or `SCRIPT FLUSH`), so callers never handle that case.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// `SET NX PX` plus a fencing token: see `scripts/acquire.lua`.
+pub(crate) static ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/acquire.lua")));
+
+/// Compare-and-delete plus publish: see `scripts/release.lua`.
+pub(crate) static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
+
+/// Owner-checked `PEXPIRE` over a batch: see `scripts/renew.lua`.
+pub(crate) static RENEW: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/renew.lua")));
+
+/// Write-if-not-older for the protected resource: see `scripts/fenced_set.lua`.
+pub(crate) static FENCED_SET: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/fenced_set.lua")));
+
+/// Runs `release.lua` for one lock: 1 released, 0 already expired, -1 held by another owner.
+pub(crate) async fn release(
+    conn: &mut redis::aio::ConnectionManager,
+    keys: &crate::key::LockKeys,
+    token: &str,
+) -> redis::RedisResult<i64> {
+    let mut call = RELEASE.prepare_invoke();
+    call.key(&keys.lock).arg(token).arg(&keys.channel);
+    call.invoke_async(conn).await
+}

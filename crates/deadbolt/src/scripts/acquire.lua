@@ -1,0 +1,37 @@
+-- Takes a lock and mints its fencing token in one atomic step.
+--
+-- KEYS[1]: the lock key (holds the owner token)
+-- KEYS[2]: the fencing counter key (same hash slot as KEYS[1])
+-- ARGV[1]: the owner token (128 random bits, hex), unique per acquisition
+-- ARGV[2]: the lease, in milliseconds
+-- ARGV[3]: how long the fencing counter outlives its last use, in milliseconds
+-- returns: {1, fence} when the lock is ours, {0, pttl} when another owner holds it
+--          (pttl is -1 when that owner's key has no expiry, as a peer without TTL leaves it)
+
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  -- A retry after an ambiguous outcome (a timeout): the first attempt landed. Nobody else can
+  -- have minted a token since, so the counter still holds ours.
+  local fence = redis.call('GET', KEYS[2])
+  if fence then
+    return {1, tonumber(fence)}
+  end
+elseif holder then
+  return {0, redis.call('PTTL', KEYS[1])}
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+
+-- The fencing token is max(last + 1, server time in microseconds). The counter alone would go
+-- back to 1 when it expires or a failover loses it; the time floor keeps tokens increasing then,
+-- as long as the server clock does not step back further than the tokens ran ahead of it.
+-- Microseconds since 1970 stay below 2^53, so Lua's doubles hold them exactly.
+local now = redis.call('TIME')
+local fence = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local last = redis.call('GET', KEYS[2])
+if last and tonumber(last) >= fence then
+  fence = tonumber(last) + 1
+end
+-- '%d' writes all digits; tostring() would round to 14 significant digits.
+redis.call('SET', KEYS[2], string.format('%d', fence), 'PX', ARGV[3])
+return {1, fence}

@@ -1,0 +1,21 @@
+-- Renews the leases of many locks in one round trip (the watchdog's batch).
+--
+-- KEYS[i]: a lock key
+-- ARGV[2i-1]: the owner token of KEYS[i]
+-- ARGV[2i]: the new lease of KEYS[i], in milliseconds
+-- returns: one integer per key: 1 renewed, 0 gone, -1 held by another owner
+
+local out = {}
+for i, key in ipairs(KEYS) do
+  -- pcall: a key someone replaced with a hash must not fail the renewal of every other lock.
+  local holder = redis.pcall('GET', key)
+  if holder == ARGV[2 * i - 1] then
+    redis.call('PEXPIRE', key, ARGV[2 * i])
+    out[i] = 1
+  elseif holder then
+    out[i] = -1
+  else
+    out[i] = 0
+  end
+end
+return out
