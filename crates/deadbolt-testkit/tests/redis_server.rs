@@ -160,3 +160,19 @@ fn drop_kills_during_panic() {
     let pid = Pid::from_raw(pid.try_into().unwrap());
     assert!(signal::kill(pid, None).is_err(), "process still exists");
 }
+
+#[test]
+fn restart_waits_for_a_busy_port() {
+    let mut server = RedisServer::start().unwrap();
+    server.kill();
+    let squatter = std::net::TcpListener::bind(server.addr()).unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        drop(squatter);
+    });
+    let started = Instant::now();
+    server.restart().unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    release.join().unwrap();
+    assert_eq!(ping(&mut server.connection()).unwrap(), "PONG");
+}
