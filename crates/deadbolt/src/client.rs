@@ -206,7 +206,10 @@ impl ClientBuilder {
             ("connect timeout", self.connect_timeout),
         ] {
             if d < Duration::from_millis(1) || d > Duration::from_secs(600) {
-                return Err(Error::invalid(what, format!("{d:?} is outside 1ms to 10min")));
+                return Err(Error::invalid(
+                    what,
+                    format!("{d:?} is outside 1ms to 10min"),
+                ));
             }
         }
         if self.fence_ttl < Duration::from_secs(1) {
@@ -214,10 +217,17 @@ impl ClientBuilder {
         }
         let info = parse_url(&self.url)?;
         let addr = info.addr().to_string();
-        let redis_settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+        let redis_settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
         let info = info.set_redis_settings(redis_settings);
-        let client = redis::Client::open(info).map_err(|e| Error::invalid("redis url", e.to_string()))?;
-        let connect_err = |source| Error::Connect { addr: addr.clone(), source };
+        let client =
+            redis::Client::open(info).map_err(|e| Error::invalid("redis url", e.to_string()))?;
+        let connect_err = |source| Error::Connect {
+            addr: addr.clone(),
+            source,
+        };
 
         // One plain attempt first, so a wrong address or password fails fast with its own
         // error instead of after the manager's reconnect back-off.
@@ -266,7 +276,11 @@ fn parse_url(url: &str) -> Result<ConnectionInfo> {
     url.into_connection_info().map_err(|e| {
         Error::invalid(
             "redis url",
-            format!("`{}` is not a valid redis url ({})", redact(url), e.kind_name()),
+            format!(
+                "`{}` is not a valid redis url ({})",
+                redact(url),
+                e.kind_name()
+            ),
         )
     })
 }

@@ -10,14 +10,12 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::key::LockKeys;
 use crate::options::Lease;
-use crate::queue::Ticket;
 use crate::scripts::{self, RENEW};
 use crate::watchdog::Held;
 
 /// How a release ended. None of these is an error: after a lease ran out, "already expired" is
 /// a fact to report, not a reason to panic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use]
 pub enum ReleaseOutcome {
     /// The lock was ours and is now free; waiters were woken.
     Released,
@@ -54,8 +52,6 @@ pub struct LockGuard {
     held: Arc<Held>,
     id: u64,
     lease: Lease,
-    /// Our place in the client's local line for this name; the line moves on when it drops.
-    ticket: Option<Ticket>,
     released: bool,
 }
 
@@ -70,7 +66,6 @@ impl LockGuard {
         held: Arc<Held>,
         id: u64,
         lease: Lease,
-        ticket: Ticket,
     ) -> LockGuard {
         LockGuard {
             client,
@@ -81,7 +76,6 @@ impl LockGuard {
             held,
             id,
             lease,
-            ticket: Some(ticket),
             released: false,
         }
     }
@@ -176,7 +170,7 @@ impl LockGuard {
             .await
             .map_err(|_| Error::Redis(timeout_error()))??;
         if codes.first() != Some(&1) {
-            self.held.lost.cancel();
+            self.held.mark_lost();
             return Err(self.lost_error());
         }
         self.held.renewed(sent, by);
@@ -205,6 +199,8 @@ impl LockGuard {
             .await
             .map_err(|_| Error::Redis(timeout_error()))?
             .map_err(|e| Error::from_redis(e, &self.keys.lock))?;
+        // Only now may this client's next task try: earlier, it would find the lock still ours.
+        drop(self.held.take_ticket());
         let outcome = match code {
             1 => ReleaseOutcome::Released,
             0 => ReleaseOutcome::AlreadyExpired,
@@ -235,7 +231,7 @@ impl Drop for LockGuard {
         let keys = std::mem::take(&mut self.keys);
         let token = std::mem::take(&mut self.token);
         // The ticket goes with the release, so this client's next task tries after it.
-        let ticket = self.ticket.take();
+        let ticket = self.held.take_ticket();
         let limit = self.client.inner.command_timeout;
         tracing::debug!(lock = %self.name, "guard dropped without release; releasing in the background");
         rt.spawn(async move {

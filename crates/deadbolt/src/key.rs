@@ -56,7 +56,10 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
     if name.len() > MAX_NAME_LEN {
         return Err(Error::invalid(
             "lock name",
-            format!("is {} bytes long, the maximum is {MAX_NAME_LEN}", name.len()),
+            format!(
+                "is {} bytes long, the maximum is {MAX_NAME_LEN}",
+                name.len()
+            ),
         ));
     }
     if name.contains(['{', '}']) {

@@ -133,32 +133,58 @@ impl<'a> LockBuilder<'a> {
 
 /// What one attempt found.
 enum Attempt {
-    Acquired { fence: u64 },
+    Acquired {
+        fence: u64,
+    },
     /// Held by another owner, with its remaining TTL in ms (-1: no expiry, -2: just vanished).
-    Held { pttl: i64 },
+    Held {
+        pttl: i64,
+    },
 }
 
-async fn acquire(client: &Client, name: String, options: LockOptions, try_only: bool) -> Result<LockGuard> {
+async fn acquire(
+    client: &Client,
+    name: String,
+    options: LockOptions,
+    try_only: bool,
+) -> Result<LockGuard> {
     let span = tracing::debug_span!("acquire", lock = %name);
-    acquire_in_span(client, name, options, try_only).instrument(span).await
+    acquire_in_span(client, name, options, try_only)
+        .instrument(span)
+        .await
 }
 
-async fn acquire_in_span(client: &Client, name: String, options: LockOptions, try_only: bool) -> Result<LockGuard> {
+async fn acquire_in_span(
+    client: &Client,
+    name: String,
+    options: LockOptions,
+    try_only: bool,
+) -> Result<LockGuard> {
     validate_name(&name)?;
     options.validate()?;
     let inner = &client.inner;
     let start = Instant::now();
     // A try still gets one command timeout to hear back; a wait gets exactly its deadline.
-    let deadline = start + if try_only { inner.command_timeout } else { options.wait };
+    let deadline = start
+        + if try_only {
+            inner.command_timeout
+        } else {
+            options.wait
+        };
     let timed_out = || Error::Timeout {
         name: name.clone(),
         waited: start.elapsed(),
     };
 
     let ticket = if try_only {
-        inner.queue.try_enter(&name).ok_or_else(|| Error::WouldBlock { name: name.clone() })?
+        inner
+            .queue
+            .try_enter(&name)
+            .ok_or_else(|| Error::WouldBlock { name: name.clone() })?
     } else {
-        timeout_at(deadline, inner.queue.enter(&name)).await.map_err(|_| timed_out())?
+        timeout_at(deadline, inner.queue.enter(&name))
+            .await
+            .map_err(|_| timed_out())?
     };
 
     let keys = inner.keys(&name);
@@ -193,7 +219,8 @@ async fn acquire_in_span(client: &Client, name: String, options: LockOptions, tr
             Attempt::Acquired { fence } => {
                 pending.armed = false;
                 let lease = options.lease;
-                let held = Arc::new(Held::new(sent + lease.duration() - drift(lease.duration())));
+                let valid_until = sent + lease.duration() - drift(lease.duration());
+                let held = Arc::new(Held::new(valid_until, ticket));
                 let id = inner.watchdog.register(
                     &pending.keys.lock,
                     &name,
@@ -202,7 +229,11 @@ async fn acquire_in_span(client: &Client, name: String, options: LockOptions, tr
                     sent,
                     held.clone(),
                 );
-                tracing::debug!(fence, waited_us = start.elapsed().as_micros() as u64, "acquired");
+                tracing::debug!(
+                    fence,
+                    waited_us = start.elapsed().as_micros() as u64,
+                    "acquired"
+                );
                 return Ok(LockGuard::new(
                     client.clone(),
                     name,
@@ -212,7 +243,6 @@ async fn acquire_in_span(client: &Client, name: String, options: LockOptions, tr
                     held,
                     id,
                     lease,
-                    ticket,
                 ));
             }
             Attempt::Held { pttl } => pttl,
@@ -281,7 +311,9 @@ impl Pending {
             }
         };
         match reply {
-            (1, fence) => Ok(Attempt::Acquired { fence: fence as u64 }),
+            (1, fence) => Ok(Attempt::Acquired {
+                fence: fence as u64,
+            }),
             (_, pttl) => {
                 self.armed = false;
                 Ok(Attempt::Held { pttl })

@@ -90,10 +90,8 @@ pub struct LockOptions {
 
 impl LockOptions {
     /// Wait 1 s, fixed lease 3 s: a short critical section such as one database transaction.
-    pub const SHORT: LockOptions = LockOptions::new(
-        Duration::from_secs(1),
-        Lease::Fixed(Duration::from_secs(3)),
-    );
+    pub const SHORT: LockOptions =
+        LockOptions::new(Duration::from_secs(1), Lease::Fixed(Duration::from_secs(3)));
 
     /// Wait [`DEFAULT_WAIT`] (10 s); the watchdog renews a [`DEFAULT_WATCHDOG_LEASE`] (30 s)
     /// lease every 10 s. This is [`LockOptions::default`].
@@ -149,10 +147,18 @@ mod tests {
             every: ms(100),
         };
         assert!(every_too_long.validate().is_err());
-        assert!(LockOptions::new(MAX_WAIT + ms(1), Lease::Fixed(ms(100)))
-            .validate()
-            .is_err());
-        assert_eq!(Lease::renewed(ms(30)), Lease::Renewed { lease: ms(30), every: ms(10) });
+        assert!(
+            LockOptions::new(MAX_WAIT + ms(1), Lease::Fixed(ms(100)))
+                .validate()
+                .is_err()
+        );
+        assert_eq!(
+            Lease::renewed(ms(30)),
+            Lease::Renewed {
+                lease: ms(30),
+                every: ms(10)
+            }
+        );
         assert!(LockOptions::default().validate().is_ok());
         assert!(LockOptions::SHORT.validate().is_ok());
     }

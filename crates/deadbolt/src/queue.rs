@@ -99,7 +99,10 @@ mod tests {
         let second = second.await.unwrap();
         assert!(q.try_enter("a").is_none());
         drop(second);
-        assert!(q.slots.lock().unwrap().is_empty(), "empty lines are forgotten");
+        assert!(
+            q.slots.lock().unwrap().is_empty(),
+            "empty lines are forgotten"
+        );
         assert!(q.try_enter("a").is_some());
     }
 }

@@ -18,6 +18,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::options::{Lease, drift};
+use crate::queue::Ticket;
 use crate::scripts::RENEW;
 
 /// Most locks renewed by one script call (Redisson's `lockWatchdogBatchSize`).
@@ -30,14 +31,30 @@ pub(crate) struct Held {
     valid_until: Mutex<Instant>,
     /// Cancelled when the lock is lost.
     pub(crate) lost: CancellationToken,
+    /// The holder's place in its client's local line. It is given up when the lock is released
+    /// or lost, so a holder stuck past its lease does not block its own process's other tasks
+    /// longer than it blocks other processes.
+    ticket: Mutex<Option<Ticket>>,
 }
 
 impl Held {
-    pub(crate) fn new(valid_until: Instant) -> Held {
+    pub(crate) fn new(valid_until: Instant, ticket: Ticket) -> Held {
         Held {
             valid_until: Mutex::new(valid_until),
             lost: CancellationToken::new(),
+            ticket: Mutex::new(Some(ticket)),
         }
+    }
+
+    /// Fires the lost signal and lets the next local task in.
+    pub(crate) fn mark_lost(&self) {
+        self.lost.cancel();
+        self.take_ticket();
+    }
+
+    /// Gives up the place in the local line (after a release, or when lost).
+    pub(crate) fn take_ticket(&self) -> Option<Ticket> {
+        self.ticket.lock().unwrap().take()
     }
 
     pub(crate) fn valid_until(&self) -> Instant {
@@ -58,7 +75,7 @@ impl Held {
                 _ = sleep_until(until) => {
                     // A renewal may have moved the deadline while we slept.
                     if Instant::now() >= self.valid_until() {
-                        self.lost.cancel();
+                        self.mark_lost();
                         return;
                     }
                 }
@@ -99,12 +116,7 @@ impl Watchdog {
     pub(crate) fn start(conn: ConnectionManager, command_timeout: Duration) -> Watchdog {
         let shared = Arc::new(Shared::default());
         let shutdown = CancellationToken::new();
-        tokio::spawn(run(
-            shared.clone(),
-            conn,
-            command_timeout,
-            shutdown.clone(),
-        ));
+        tokio::spawn(run(shared.clone(), conn, command_timeout, shutdown.clone()));
         Watchdog { shared, shutdown }
     }
 
@@ -215,7 +227,7 @@ fn expire(shared: &Shared, now: Instant) {
         let alive = e.held.valid_until() > now;
         if !alive {
             tracing::warn!(lock = %e.name, "lock lost: validity passed without a successful renewal");
-            e.held.lost.cancel();
+            e.held.mark_lost();
         }
         alive
     });
@@ -247,14 +259,25 @@ fn take_due(shared: &Shared, now: Instant) -> Vec<Due> {
 }
 
 /// Renews one batch in one script call and applies the outcome to each lock.
-async fn renew(shared: &Shared, conn: &mut ConnectionManager, batch: &[Due], command_timeout: Duration) {
+async fn renew(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    batch: &[Due],
+    command_timeout: Duration,
+) {
     let sent = Instant::now();
     let mut call = RENEW.prepare_invoke();
     for d in batch {
-        call.key(&d.key).arg(&d.token).arg(d.lease.as_millis() as u64);
+        call.key(&d.key)
+            .arg(&d.token)
+            .arg(d.lease.as_millis() as u64);
     }
     // Never let a hung call carry us past a validity deadline we must enforce.
-    let earliest = batch.iter().map(|d| d.held.valid_until()).min().unwrap_or(sent);
+    let earliest = batch
+        .iter()
+        .map(|d| d.held.valid_until())
+        .min()
+        .unwrap_or(sent);
     let limit = command_timeout.min(earliest.saturating_duration_since(sent));
     let reply: Result<Vec<i64>, String> = match timeout(limit, call.invoke_async(conn)).await {
         Ok(Ok(codes)) => Ok(codes),
@@ -272,9 +295,13 @@ async fn renew(shared: &Shared, conn: &mut ConnectionManager, batch: &[Due], com
                 }
                 // Released meanwhile? Then the entry is gone and there is nothing to report.
                 if entries.remove(&d.id).is_some() {
-                    let why = if code == 0 { "expired" } else { "taken by another owner" };
+                    let why = if code == 0 {
+                        "expired"
+                    } else {
+                        "taken by another owner"
+                    };
                     tracing::warn!(key = %d.key, "lock lost: renewal found it {why}");
-                    d.held.lost.cancel();
+                    d.held.mark_lost();
                 }
             }
         }

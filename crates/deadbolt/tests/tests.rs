@@ -1,1 +1,22 @@
-// placeholder
+//! Integration tests: every test starts its own `redis-server` on a free loopback port (see
+//! `deadbolt-testkit`); nothing is mocked. One binary, to keep link time down.
+
+/// Shared helpers: start a server and a client, check what is left in Redis.
+mod util;
+
+/// Every bad input gets a typed error and leaves nothing in Redis.
+mod bad_input;
+/// Acquire, release and their outcomes; try_acquire; extend; inspect.
+mod basics;
+/// Dropping futures and guards at any point leaves nothing behind.
+mod cancel;
+/// Mutual exclusion under contention from several clients, with fencing tokens.
+mod exclusion;
+/// The resource-side fencing check.
+mod fence;
+/// Peers that use the same key layout (redsync, node-redlock, redis-py) are excluded too.
+mod interop;
+/// Waiting: pub/sub wake-ups, the TTL bound, crashed holders, commands per acquisition.
+mod waiting;
+/// The watchdog and the lost signal.
+mod watchdog;

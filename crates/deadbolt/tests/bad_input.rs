@@ -1,0 +1,167 @@
+use std::time::Duration;
+
+use deadbolt::{Client, Error, Lease, LockOptions};
+use deadbolt_testkit::RedisServer;
+
+use crate::util::{ms, setup};
+
+fn assert_invalid<T: std::fmt::Debug>(r: deadbolt::Result<T>, what: &str) {
+    match r {
+        Err(Error::InvalidArgument {
+            what: w,
+            ref reason,
+        }) => {
+            assert_eq!(w, what, "{reason}");
+            let msg = r.unwrap_err().to_string();
+            assert!(msg.starts_with("invalid "), "{msg}");
+        }
+        other => panic!("expected InvalidArgument({what}), got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bad_names_and_durations_are_refused_and_leave_nothing() {
+    let (server, locks) = setup().await;
+    assert_invalid(locks.lock("").acquire().await, "lock name");
+    assert_invalid(locks.lock("x".repeat(1025)).acquire().await, "lock name");
+    assert_invalid(locks.lock("a{b}").try_acquire().await, "lock name");
+    assert_invalid(
+        locks.lock("a").lease(Duration::ZERO).acquire().await,
+        "lease",
+    );
+    assert_invalid(locks.lock("a").lease(ms(9)).acquire().await, "lease");
+    assert_invalid(
+        locks
+            .lock("a")
+            .lease(Duration::from_secs(86_401))
+            .acquire()
+            .await,
+        "lease",
+    );
+    assert_invalid(
+        locks
+            .lock("a")
+            .lease(ms(100))
+            .renew_every(ms(100))
+            .acquire()
+            .await,
+        "renewal interval",
+    );
+    assert_invalid(
+        locks
+            .lock("a")
+            .wait(Duration::from_secs(86_401))
+            .acquire()
+            .await,
+        "wait",
+    );
+    let bad = LockOptions::new(ms(10), Lease::Fixed(ms(1)));
+    assert_invalid(locks.lock("a").options(bad).acquire().await, "lease");
+    assert_invalid(locks.inspect("").await, "lock name");
+    assert!(server.keys().is_empty(), "{:?}", server.keys());
+}
+
+#[tokio::test]
+async fn bad_urls_and_unreachable_servers_fail_fast() {
+    assert_invalid(Client::connect("not a url").await, "redis url");
+    assert_invalid(Client::connect("http://127.0.0.1:1").await, "redis url");
+    let err = Client::connect("redis://:s3cret@127.0.0.1:notaport")
+        .await
+        .unwrap_err();
+    assert!(
+        !err.to_string().contains("s3cret"),
+        "password in message: {err}"
+    );
+
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let start = std::time::Instant::now();
+    let err = Client::connect(&format!("redis://:s3cret@127.0.0.1:{port}"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        !format!("{err} {err:?}").contains("s3cret"),
+        "password leaked: {err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!("cannot connect to redis at 127.0.0.1:{port}")
+    );
+}
+
+#[tokio::test]
+async fn wrong_password_is_a_connect_error() {
+    let server = RedisServer::builder().password("right").start().unwrap();
+    let url = format!("redis://:wrong@{}", server.addr());
+    let err = Client::connect(&url).await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert!(!format!("{err} {err:?}").contains("wrong@"), "{err:?}");
+    // And the right one works.
+    let locks = Client::connect(&server.url()).await.unwrap();
+    locks
+        .lock("a")
+        .acquire()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_key_of_another_type_is_a_typed_error() {
+    let (server, locks) = setup().await;
+    let mut conn = server.connection();
+    let _: () = redis::cmd("HSET")
+        .arg("deadbolt:{h}")
+        .arg("f")
+        .arg("v")
+        .query(&mut conn)
+        .unwrap();
+    let err = locks.lock("h").acquire().await.unwrap_err();
+    assert!(
+        matches!(err, Error::WrongType { ref key } if key == "deadbolt:{h}"),
+        "{err:?}"
+    );
+    let err = locks.lock("h").try_acquire().await.unwrap_err();
+    assert!(matches!(err, Error::WrongType { .. }), "{err:?}");
+    // Nothing was created beside the foreign key, and the local queue is free again.
+    assert_eq!(server.keys(), ["deadbolt:{h}"]);
+    let _: () = redis::cmd("DEL")
+        .arg("deadbolt:{h}")
+        .query(&mut conn)
+        .unwrap();
+    locks
+        .lock("h")
+        .try_acquire()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn bad_client_settings_are_refused() {
+    let server = RedisServer::start().unwrap();
+    let r = Client::builder(&server.url())
+        .key_prefix("a{")
+        .connect()
+        .await;
+    assert_invalid(r, "key prefix");
+    let r = Client::builder(&server.url())
+        .command_timeout(Duration::ZERO)
+        .connect()
+        .await;
+    assert_invalid(r, "command timeout");
+}

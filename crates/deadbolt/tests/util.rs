@@ -1,0 +1,53 @@
+use std::time::Duration;
+
+use deadbolt::Client;
+use deadbolt_testkit::RedisServer;
+
+/// A fresh server and a client of it.
+pub(crate) async fn setup() -> (RedisServer, Client) {
+    let server = RedisServer::start().expect("start redis-server");
+    let client = Client::connect(&server.url()).await.expect("connect");
+    (server, client)
+}
+
+/// Another client of the same server: separate connections, watchdog and local queue.
+pub(crate) async fn client(server: &RedisServer) -> Client {
+    Client::connect(&server.url()).await.expect("connect")
+}
+
+/// Asserts that no lock key is left and that every key left (fencing counters) expires.
+pub(crate) fn assert_clean(server: &RedisServer) {
+    let mut conn = server.connection();
+    for key in server.keys() {
+        assert!(key.ends_with(":fence"), "key left behind: {key}");
+        let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
+        assert!(ttl > 0, "fencing counter {key} has no expiry");
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds or `limit` passes; returns whether it held.
+/// For conditions that settle in the background (a spawned release, an unsubscribe).
+pub(crate) async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
+
+/// Subscribers of `channel` on the server, by `PUBSUB NUMSUB`.
+pub(crate) fn subscribers(server: &RedisServer, channel: &str) -> i64 {
+    let (_, n): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query(&mut server.connection())
+        .unwrap();
+    n
+}
+
+pub(crate) fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}

@@ -1,0 +1,149 @@
+use std::time::{Duration, Instant};
+
+use deadbolt::ReleaseOutcome;
+use deadbolt_testkit::RedisServer;
+
+use crate::util::{assert_clean, ms, setup};
+
+#[tokio::test]
+async fn watchdog_keeps_a_lock_past_its_lease() {
+    let (server, locks) = setup().await;
+    let guard = locks.lock("a").watchdog(ms(300)).acquire().await.unwrap();
+    tokio::select! {
+        _ = tokio::time::sleep(ms(1200)) => {}
+        _ = guard.lost() => panic!("lost while the watchdog renews"),
+    }
+    assert!(guard.is_held());
+    let ttl = locks.inspect("a").await.unwrap().ttl.unwrap();
+    assert!(ttl > ms(100), "ttl {ttl:?}");
+    assert_eq!(guard.release().await.unwrap(), ReleaseOutcome::Released);
+    assert_clean(&server);
+}
+
+/// Redis stops answering (SIGSTOP) past the lease: renewals time out and the lost signal
+/// fires, no later than `valid_until`.
+#[tokio::test]
+async fn lost_fires_by_valid_until_when_redis_is_paused() {
+    let server = RedisServer::start().unwrap();
+    let locks = deadbolt::Client::builder(&server.url())
+        .command_timeout(ms(2000))
+        .connect()
+        .await
+        .unwrap();
+    let guard = locks.lock("a").watchdog(ms(500)).acquire().await.unwrap();
+    let token = guard.lost_token();
+    server.pause();
+    let valid_until = guard.valid_until();
+    tokio::time::timeout(Duration::from_secs(3), guard.lost())
+        .await
+        .expect("lost must fire");
+    let fired = Instant::now();
+    server.resume();
+    assert!(
+        fired <= valid_until + ms(30),
+        "fired {:?} after valid_until",
+        fired - valid_until
+    );
+    assert!(!guard.is_held());
+    // The watchdog's token fires too, for tasks that were handed it.
+    tokio::time::timeout(ms(200), token.cancelled())
+        .await
+        .expect("token must fire");
+    // Redis expired the key meanwhile (its own clock kept running while stopped).
+    let _ = guard.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn lost_fires_when_a_renewal_finds_the_lock_gone_or_taken() {
+    let (server, locks) = setup().await;
+    let mut conn = server.connection();
+
+    let gone = locks
+        .lock("gone")
+        .watchdog(ms(600))
+        .acquire()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg("deadbolt:{gone}")
+        .query(&mut conn)
+        .unwrap();
+    let start = Instant::now();
+    tokio::time::timeout(ms(500), gone.lost())
+        .await
+        .expect("lost after the key vanished");
+    assert!(
+        start.elapsed() < ms(400),
+        "noticed after {:?}",
+        start.elapsed()
+    );
+
+    let taken = locks
+        .lock("taken")
+        .watchdog(ms(600))
+        .acquire()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("deadbolt:{taken}")
+        .arg("intruder")
+        .query(&mut conn)
+        .unwrap();
+    tokio::time::timeout(ms(500), taken.lost())
+        .await
+        .expect("lost after the key was taken");
+    assert_eq!(taken.release().await.unwrap(), ReleaseOutcome::NotOwner);
+    assert_eq!(
+        gone.release().await.unwrap(),
+        ReleaseOutcome::AlreadyExpired
+    );
+    let _: () = redis::cmd("DEL")
+        .arg("deadbolt:{taken}")
+        .query(&mut conn)
+        .unwrap();
+    assert_clean(&server);
+}
+
+#[tokio::test]
+async fn fixed_lease_is_lost_at_its_validity() {
+    let (_server, locks) = setup().await;
+    let guard = locks.lock("a").lease(ms(200)).acquire().await.unwrap();
+    let valid_until = guard.valid_until();
+    assert!(valid_until < Instant::now() + ms(200));
+    guard.lost().await;
+    let late = Instant::now().saturating_duration_since(valid_until);
+    assert!(late < ms(30), "fired {late:?} late");
+    assert!(!guard.is_held());
+}
+
+/// Many locks of one client are renewed together, not one round trip per lock per interval.
+#[tokio::test]
+async fn renewals_are_batched() {
+    let (server, locks) = setup().await;
+    let mut guards = Vec::new();
+    for i in 0..50 {
+        guards.push(
+            locks
+                .lock(format!("l{i}"))
+                .watchdog(ms(600))
+                .acquire()
+                .await
+                .unwrap(),
+        );
+    }
+    server.reset_stats();
+    tokio::time::sleep(ms(1000)).await;
+    let stats = server.command_calls();
+    let scripts = stats.get("evalsha").copied().unwrap_or(0);
+    let renewed = stats.get("pexpire").copied().unwrap_or(0);
+    // ~5 renewal rounds of 50 locks: ~250 PEXPIREs in a handful of script calls.
+    assert!(renewed >= 150, "renewed {renewed}");
+    assert!(
+        scripts * 10 <= renewed,
+        "{scripts} script calls for {renewed} renewals"
+    );
+    for g in guards {
+        assert_eq!(g.release().await.unwrap(), ReleaseOutcome::Released);
+    }
+    assert_clean(&server);
+}
