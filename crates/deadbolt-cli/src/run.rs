@@ -88,9 +88,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(child) => child,
         Err(err) => {
             let _ = guard.release().await;
-            return Err(err).with_context(|| {
-                format!("cannot run {}", args.command[0].to_string_lossy())
-            });
+            return Err(err)
+                .with_context(|| format!("cannot run {}", args.command[0].to_string_lossy()));
         }
     };
     let pid = child.id().map(|id| Pid::from_raw(id as i32));
