@@ -164,12 +164,6 @@ impl Watchdog {
     pub(crate) fn remove(&self, id: u64) {
         self.shared.entries.lock().unwrap().remove(&id);
     }
-
-    /// How many locks are looked after (for tests and metrics).
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.shared.entries.lock().unwrap().len()
-    }
 }
 
 impl Drop for Watchdog {

@@ -54,7 +54,7 @@ async fn lock_serializes_a_non_atomic_counter_across_clients() {
     let mut conn = clients[0].connection();
     let count: usize = conn.get("count").await.unwrap();
     assert_eq!(count, INCREMENTS, "lost updates");
-    let tokens = tokens.lock().unwrap();
+    let tokens = std::mem::take(&mut *tokens.lock().unwrap());
     assert_eq!(tokens.len(), INCREMENTS);
     assert!(
         tokens.windows(2).all(|w| w[0] < w[1]),
