@@ -273,6 +273,12 @@ impl ClientBuilder {
 
 /// Parses a Redis URL, keeping any password out of the error message.
 fn parse_url(url: &str) -> Result<ConnectionInfo> {
+    if url.starts_with("rediss://") && !cfg!(feature = "tls") {
+        return Err(Error::invalid(
+            "redis url",
+            "rediss:// (TLS) needs deadbolt's `tls` feature",
+        ));
+    }
     url.into_connection_info().map_err(|e| {
         Error::invalid(
             "redis url",
