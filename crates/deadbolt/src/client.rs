@@ -183,7 +183,7 @@ impl ClientBuilder {
 
     /// How long a lock's fencing counter outlives its last acquisition; the default is 7 days.
     /// After that the counter is gone and tokens continue from the server clock (see
-    /// [`LockGuard::fencing_token`](crate::LockGuard::fencing_token)).
+    /// [`LockScope::fencing_token`](crate::LockScope::fencing_token)).
     pub fn fence_ttl(mut self, ttl: Duration) -> Self {
         self.fence_ttl = ttl;
         self

@@ -2,7 +2,7 @@
 //!
 //! A lock alone cannot stop a holder that paused (GC, swap, SIGSTOP) past its lease from writing
 //! after the next holder has started. Fencing can: every acquisition gets a token larger than
-//! all earlier ones ([`LockGuard::fencing_token`](crate::LockGuard::fencing_token)), the writer
+//! all earlier ones ([`LockScope::fencing_token`](crate::LockScope::fencing_token)), the writer
 //! sends it with each write, and the resource accepts a write only if the token is not older
 //! than the newest it has seen.
 //!

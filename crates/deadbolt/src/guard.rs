@@ -4,12 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::{Instant, timeout};
-use tokio_util::sync::CancellationToken;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::key::LockKeys;
 use crate::options::Lease;
+use crate::scope::LockScope;
 use crate::scripts::{self, RENEW};
 use crate::watchdog::Held;
 
@@ -37,19 +37,17 @@ pub enum ReleaseOutcome {
 /// # Lost locks
 ///
 /// A lease can run out while the holder still works: a long GC-like pause, a partition, a
-/// Redis failover. [`LockGuard::lost`] resolves when that is known, no later than
-/// [`LockGuard::valid_until`]. Pair it with the critical section in `tokio::select!`, and hand
-/// [`LockGuard::fencing_token`] to the resource you write, so it can refuse a stale holder.
+/// Redis failover. [`LockScope::lost`] resolves when that is known, no later than
+/// [`LockScope::valid_until`]. Pair it with the critical section in `tokio::select!`, and hand
+/// [`LockScope::fencing_token`] to the resource you write, so it can refuse a stale holder.
 #[derive(Debug)]
 #[must_use = "if unused the lock will immediately be released"]
 #[clippy::has_significant_drop]
 pub struct LockGuard {
+    scope: LockScope,
     client: Client,
-    name: String,
     keys: LockKeys,
     token: String,
-    fence: u64,
-    held: Arc<Held>,
     id: u64,
     lease: Lease,
     released: bool,
@@ -68,75 +66,19 @@ impl LockGuard {
         lease: Lease,
     ) -> LockGuard {
         LockGuard {
+            scope: LockScope { name, fence, held },
             client,
-            name,
             keys,
             token,
-            fence,
-            held,
             id,
             lease,
             released: false,
         }
     }
 
-    /// The lock name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The fencing token of this acquisition: strictly greater than every token issued before
-    /// for this name.
-    ///
-    /// It is `max(last + 1, Redis server time in µs)`. The counter lives on for the client's
-    /// fence TTL (7 days by default) after its last use; once it is gone, or lost in a failover,
-    /// tokens continue from the server clock, which stays above every earlier token as long as
-    /// the Redis server's clock never steps back (and a promoted replica's clock is not behind
-    /// the old primary's by more than the time since the last acquisition).
-    pub fn fencing_token(&self) -> u64 {
-        self.fence
-    }
-
-    /// Until when the lock is known to be held, by the local monotonic clock: the start of the
-    /// last successful acquire or renewal, plus the lease, minus a drift allowance of 1 % + 2 ms.
-    pub fn valid_until(&self) -> std::time::Instant {
-        self.held.valid_until().into_std()
-    }
-
-    /// Whether the lock is still ours as far as this process can tell: not lost, validity not
-    /// passed. A `true` is only as good as [`LockGuard::valid_until`].
-    pub fn is_held(&self) -> bool {
-        !self.held.lost.is_cancelled() && Instant::now() < self.held.valid_until()
-    }
-
-    /// Resolves when the lock is lost: a renewal found it expired or taken, or its validity
-    /// passed without a successful renewal. Never later than [`LockGuard::valid_until`].
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe; call it again to keep watching.
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// # async fn work(_fence: u64) {}
-    /// # async fn demo(locks: deadbolt::Client) -> deadbolt::Result<()> {
-    /// let guard = locks.lock("report").acquire().await?;
-    /// tokio::select! {
-    ///     _ = work(guard.fencing_token()) => {}
-    ///     _ = guard.lost() => return Err(deadbolt::Error::LockLost { name: "report".into() }),
-    /// }
-    /// guard.release().await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn lost(&self) {
-        self.held.lost().await
-    }
-
-    /// A token cancelled when the watchdog finds the lock lost, to hand to spawned tasks.
-    /// Cancelling it yourself does not affect the lock.
-    pub fn lost_token(&self) -> CancellationToken {
-        self.held.lost.child_token()
+    /// What the critical section may see of the lock, without the power to release it.
+    pub fn scope(&self) -> LockScope {
+        self.scope.clone()
     }
 
     /// Sets the lock's remaining lease to `by`, if it is still ours. For a watchdog lock, `by`
@@ -156,7 +98,7 @@ impl LockGuard {
             Lease::Renewed { .. } => Lease::renewed(by),
         };
         lease.validate()?;
-        if self.held.lost.is_cancelled() {
+        if self.scope.held.lost.is_cancelled() {
             return Err(self.lost_error());
         }
         let mut conn = self.client.inner.conn.clone();
@@ -170,10 +112,10 @@ impl LockGuard {
             .await
             .map_err(|_| Error::Redis(timeout_error()))??;
         if codes.first() != Some(&1) {
-            self.held.mark_lost();
+            self.scope.held.mark_lost();
             return Err(self.lost_error());
         }
-        self.held.renewed(sent, by);
+        self.scope.held.renewed(sent, by);
         self.lease = lease;
         self.client.inner.watchdog.set_lease(self.id, lease, sent);
         Ok(())
@@ -200,20 +142,29 @@ impl LockGuard {
             .map_err(|_| Error::Redis(timeout_error()))?
             .map_err(|e| Error::from_redis(e, &self.keys.lock))?;
         // Only now may this client's next task try: earlier, it would find the lock still ours.
-        drop(self.held.take_ticket());
+        drop(self.scope.held.take_ticket());
         let outcome = match code {
             1 => ReleaseOutcome::Released,
             0 => ReleaseOutcome::AlreadyExpired,
             _ => ReleaseOutcome::NotOwner,
         };
-        tracing::debug!(lock = %self.name, ?outcome, "released");
+        tracing::debug!(lock = %self.scope.name, ?outcome, "released");
         Ok(outcome)
     }
 
     fn lost_error(&self) -> Error {
         Error::LockLost {
-            name: self.name.clone(),
+            name: self.scope.name.clone(),
         }
+    }
+}
+
+impl std::ops::Deref for LockGuard {
+    type Target = LockScope;
+
+    /// The guard's read-only side: [`LockScope::fencing_token`], [`LockScope::lost`], …
+    fn deref(&self) -> &LockScope {
+        &self.scope
     }
 }
 
@@ -224,16 +175,16 @@ impl Drop for LockGuard {
         }
         self.client.inner.watchdog.remove(self.id);
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            tracing::debug!(lock = %self.name, "guard dropped outside a runtime; the lease will expire");
+            tracing::debug!(lock = %self.scope.name, "guard dropped outside a runtime; the lease will expire");
             return;
         };
         let mut conn = self.client.inner.conn.clone();
         let keys = std::mem::take(&mut self.keys);
         let token = std::mem::take(&mut self.token);
         // The ticket goes with the release, so this client's next task tries after it.
-        let ticket = self.held.take_ticket();
+        let ticket = self.scope.held.take_ticket();
         let limit = self.client.inner.command_timeout;
-        tracing::debug!(lock = %self.name, "guard dropped without release; releasing in the background");
+        tracing::debug!(lock = %self.scope.name, "guard dropped without release; releasing in the background");
         rt.spawn(async move {
             let _ = timeout(limit, scripts::release(&mut conn, &keys, &token)).await;
             drop(ticket);

@@ -28,9 +28,9 @@
 //! - **Waiting without polling.** Waiters sleep until a release is published on the lock's
 //!   channel or the holder's TTL runs out; one pub/sub connection per [`Client`].
 //! - **A watchdog** renews every held lock's lease in batched round trips while the guard
-//!   lives, and a **lost signal** ([`LockGuard::lost`]) fires when it cannot, never later than
-//!   [`LockGuard::valid_until`].
-//! - **Fencing tokens** ([`LockGuard::fencing_token`]) strictly increasing per lock name, and a
+//!   lives, and a **lost signal** ([`LockScope::lost`]) fires when it cannot, never later than
+//!   [`LockScope::valid_until`].
+//! - **Fencing tokens** ([`LockScope::fencing_token`]) strictly increasing per lock name, and a
 //!   resource-side check ([`fence::set_if_newer`], and an SQL pattern) that refuses stale
 //!   holders.
 //! - **Cancel safety**: dropping an `acquire` future leaves no lock and no subscription behind.
@@ -66,6 +66,7 @@ pub mod key;
 mod mutex;
 mod options;
 mod queue;
+mod scope;
 mod scripts;
 mod waiters;
 mod watchdog;
@@ -77,3 +78,4 @@ pub use mutex::LockBuilder;
 pub use options::{
     DEFAULT_WAIT, DEFAULT_WATCHDOG_LEASE, Lease, LockOptions, MAX_LEASE, MAX_WAIT, MIN_LEASE,
 };
+pub use scope::LockScope;
