@@ -164,13 +164,10 @@ async fn acquire_in_span(
     options.validate()?;
     let inner = &client.inner;
     let start = Instant::now();
-    // A try still gets one command timeout to hear back; a wait gets exactly its deadline.
-    let deadline = start
-        + if try_only {
-            inner.command_timeout
-        } else {
-            options.wait
-        };
+    // The wait bounds the whole call, but the first try always gets one command timeout to hear
+    // back, so `wait(0)` behaves as a try instead of giving up before Redis could answer.
+    let deadline = start + if try_only { Duration::ZERO } else { options.wait };
+    let first_try_deadline = deadline.max(start + inner.command_timeout);
     let timed_out = || Error::Timeout {
         name: name.clone(),
         waited: start.elapsed(),
@@ -211,7 +208,8 @@ async fn acquire_in_span(
             n.enable();
         }
         let sent = Instant::now();
-        let attempt = match timeout_at(deadline, pending.attempt(options.lease.duration())).await {
+        let limit = if busy { deadline } else { first_try_deadline };
+        let attempt = match timeout_at(limit, pending.attempt(options.lease.duration())).await {
             Ok(attempt) => attempt?,
             Err(_) => return Err(timed_out()),
         };

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use deadbolt::{Error, ReleaseOutcome};
 
 use crate::util::{assert_clean, ms, setup};
@@ -151,4 +153,17 @@ async fn key_prefix_is_applied() {
         server.keys()
     );
     guard.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_zero_wait_is_one_try() {
+    let (server, locks) = setup().await;
+    let guard = locks.lock("a").wait(Duration::ZERO).acquire().await.unwrap();
+    let other = crate::util::client(&server).await;
+    let start = std::time::Instant::now();
+    let err = other.lock("a").wait(Duration::ZERO).acquire().await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert!(start.elapsed() < ms(100));
+    guard.release().await.unwrap();
+    assert_clean(&server);
 }
