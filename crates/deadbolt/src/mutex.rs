@@ -166,7 +166,12 @@ async fn acquire_in_span(
     let start = Instant::now();
     // The wait bounds the whole call, but the first try always gets one command timeout to hear
     // back, so `wait(0)` behaves as a try instead of giving up before Redis could answer.
-    let deadline = start + if try_only { Duration::ZERO } else { options.wait };
+    let deadline = start
+        + if try_only {
+            Duration::ZERO
+        } else {
+            options.wait
+        };
     let first_try_deadline = deadline.max(start + inner.command_timeout);
     let timed_out = || Error::Timeout {
         name: name.clone(),

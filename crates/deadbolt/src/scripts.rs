@@ -34,3 +34,19 @@ pub(crate) async fn release(
     call.key(&keys.lock).arg(token).arg(&keys.channel);
     call.invoke_async(conn).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hash `EVALSHA` sends is the one Redis computes, so no call pays a `NOSCRIPT` round
+    /// trip after the first load (redsync's check).
+    #[test]
+    fn script_hashes_match_what_redis_computes() {
+        let server = deadbolt_testkit::RedisServer::start().unwrap();
+        let mut conn = server.connection();
+        for script in [&*ACQUIRE, &*RELEASE, &*RENEW, &*FENCED_SET] {
+            assert_eq!(script.load(&mut conn).unwrap(), script.get_hash());
+        }
+    }
+}

@@ -158,10 +158,20 @@ async fn key_prefix_is_applied() {
 #[tokio::test]
 async fn a_zero_wait_is_one_try() {
     let (server, locks) = setup().await;
-    let guard = locks.lock("a").wait(Duration::ZERO).acquire().await.unwrap();
+    let guard = locks
+        .lock("a")
+        .wait(Duration::ZERO)
+        .acquire()
+        .await
+        .unwrap();
     let other = crate::util::client(&server).await;
     let start = std::time::Instant::now();
-    let err = other.lock("a").wait(Duration::ZERO).acquire().await.unwrap_err();
+    let err = other
+        .lock("a")
+        .wait(Duration::ZERO)
+        .acquire()
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
     assert!(start.elapsed() < ms(100));
     guard.release().await.unwrap();
