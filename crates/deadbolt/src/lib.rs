@@ -57,6 +57,12 @@
 //! Wait [`DEFAULT_WAIT`] (10 s) up to [`MAX_WAIT`]; without a lease, the watchdog keeps a
 //! [`DEFAULT_WATCHDOG_LEASE`] (30 s) lease renewed every 10 s; fixed leases from [`MIN_LEASE`]
 //! to [`MAX_LEASE`]; lock names up to [`key::MAX_NAME_LEN`] bytes.
+//!
+//! # The `#[locked]` attribute
+//!
+//! With the `macros` feature (on by default), [`locked`] runs an `async fn` under a lock named
+//! from its parameters: `#[deadbolt::locked(key = "movie-likes:{movie_id}", client = self.locks,
+//! lease = "3s")]`. It expands to [`Client::with_lock`].
 
 mod client;
 mod error;
@@ -79,3 +85,6 @@ pub use options::{
     DEFAULT_WAIT, DEFAULT_WATCHDOG_LEASE, Lease, LockOptions, MAX_LEASE, MAX_WAIT, MIN_LEASE,
 };
 pub use scope::LockScope;
+
+#[cfg(feature = "macros")]
+pub use deadbolt_macros::locked;

@@ -16,6 +16,8 @@ mod exclusion;
 mod fence;
 /// Peers that use the same key layout (redsync, node-redlock, redis-py) are excluded too.
 mod interop;
+/// The #[locked] attribute, at run time.
+mod macros;
 /// The scoped form, `Client::with_lock`.
 mod scoped;
 /// Waiting: pub/sub wake-ups, the TTL bound, crashed holders, commands per acquisition.
