@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod demo;
 mod embedded;
 mod run;
 mod status;
@@ -33,6 +34,8 @@ enum Command {
     Status(status::Args),
     /// Measure lock throughput and latency against a raw SET NX PX floor
     Bench(bench::Args),
+    /// Demonstrations on a real database: `deadbolt demo likes`
+    Demo(demo::Args),
 }
 
 /// Where the Redis server is.
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Status(args) => status::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Bench(args) => bench::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Demo(args) => demo::run(args).await,
         }
     });
     match result {
