@@ -124,12 +124,13 @@ impl Client {
     pub async fn inspect(&self, name: &str) -> Result<LockInfo> {
         let keys = self.keys(name)?;
         let mut conn = self.inner.conn.clone();
-        let (pttl, fence): (i64, Option<u64>) = redis::pipe()
-            .pttl(&keys.lock)
-            .get(&keys.fence)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| Error::from_redis(e, &keys.fence))?;
+        let mut pipe = redis::pipe();
+        pipe.pttl(&keys.lock).get(&keys.fence);
+        let (pttl, fence): (i64, Option<u64>) =
+            tokio::time::timeout(self.inner.command_timeout, pipe.query_async(&mut conn))
+                .await
+                .map_err(|_| Error::no_reply())?
+                .map_err(|e| Error::from_redis(e, &keys.fence))?;
         Ok(LockInfo {
             locked: pttl != -2,
             ttl: u64::try_from(pttl).ok().map(Duration::from_millis),
@@ -260,7 +261,7 @@ impl ClientBuilder {
         Ok(Client {
             inner: Arc::new(Inner {
                 watchdog: Watchdog::start(conn.clone(), self.command_timeout),
-                waiters: Waiters::new(pubsub, rx),
+                waiters: Waiters::new(pubsub, rx, self.command_timeout),
                 queue: LocalQueue::default(),
                 conn,
                 prefix: self.prefix,

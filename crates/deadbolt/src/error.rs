@@ -88,18 +88,25 @@ impl Error {
         }
     }
 
-    /// Maps a Redis error from a command on `key`, telling a wrong-type key apart.
+    /// A command got no reply in time. Redis may still have run it.
+    pub(crate) fn no_reply() -> Error {
+        Error::Redis(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no reply within the command timeout",
+        )))
+    }
+
+    /// Maps a Redis error from a command on `key`, telling a wrong-type key apart. Our scripts
+    /// answer `WRONGTYPE <key>` naming the key; plain commands answer `WRONGTYPE <text>`.
     pub(crate) fn from_redis(err: redis::RedisError, key: &str) -> Error {
-        // Inside a script, WRONGTYPE arrives as a script error whose detail names it.
-        let wrong_type = err.code() == Some("WRONGTYPE")
-            || err.detail().is_some_and(|d| d.contains("WRONGTYPE"))
-            || err.to_string().contains("WRONGTYPE");
-        if wrong_type {
-            Error::WrongType {
-                key: key.to_owned(),
-            }
-        } else {
-            Error::Redis(err)
+        if err.code() != Some("WRONGTYPE") && !err.to_string().contains("WRONGTYPE") {
+            return Error::Redis(err);
+        }
+        let named = err
+            .detail()
+            .filter(|d| !d.contains(' ') && d.starts_with(key));
+        Error::WrongType {
+            key: named.unwrap_or(key).to_owned(),
         }
     }
 }

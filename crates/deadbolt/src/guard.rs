@@ -91,7 +91,8 @@ impl LockGuard {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: if dropped, the lease is either extended or unchanged.
+    /// Cancel safe: if dropped or failed, the lease may or may not have been changed in Redis,
+    /// and [`LockScope::valid_until`] counts with the shorter of the two.
     pub async fn extend(&mut self, by: Duration) -> Result<()> {
         let lease = match self.lease {
             Lease::Fixed(_) => Lease::Fixed(by),
@@ -103,6 +104,11 @@ impl LockGuard {
         }
         let mut conn = self.client.inner.conn.clone();
         let sent = Instant::now();
+        // Before sending: if the reply never comes, Redis may still have applied `by`, which
+        // can be shorter than the old lease; and a renewal in flight must not overwrite it.
+        let generation = self.scope.held.begin_extend(sent, by);
+        self.lease = lease;
+        self.client.inner.watchdog.set_lease(self.id, lease, sent);
         let mut call = RENEW.prepare_invoke();
         call.key(&self.keys.lock)
             .arg(&self.token)
@@ -110,14 +116,12 @@ impl LockGuard {
         let call = call.invoke_async::<Vec<i64>>(&mut conn);
         let codes = timeout(self.client.inner.command_timeout, call)
             .await
-            .map_err(|_| Error::Redis(timeout_error()))??;
+            .map_err(|_| Error::no_reply())??;
         if codes.first() != Some(&1) {
             self.scope.held.mark_lost();
             return Err(self.lost_error());
         }
-        self.scope.held.renewed(sent, by);
-        self.lease = lease;
-        self.client.inner.watchdog.set_lease(self.id, lease, sent);
+        self.scope.held.renewed(generation, sent, by);
         Ok(())
     }
 
@@ -135,14 +139,19 @@ impl LockGuard {
         self.released = true;
         let inner = self.client.inner.clone();
         inner.watchdog.remove(self.id);
+        // Held until the reply (the next local task would find the lock still ours), and given
+        // up on every way out of this function, errors and cancellation included.
+        let mut ticket = self.scope.held.take_ticket();
         let mut conn = inner.conn.clone();
         let call = scripts::release(&mut conn, &self.keys, &self.token);
-        let code = timeout(inner.command_timeout, call)
+        let (code, woken) = timeout(inner.command_timeout, call)
             .await
-            .map_err(|_| Error::Redis(timeout_error()))?
+            .map_err(|_| Error::no_reply())?
             .map_err(|e| Error::from_redis(e, &self.keys.lock))?;
-        // Only now may this client's next task try: earlier, it would find the lock still ours.
-        drop(self.scope.held.take_ticket());
+        if let (1.., Some(ticket)) = (woken, ticket.as_mut()) {
+            ticket.hand_off();
+        }
+        drop(ticket);
         let outcome = match code {
             1 => ReleaseOutcome::Released,
             0 => ReleaseOutcome::AlreadyExpired,
@@ -182,19 +191,15 @@ impl Drop for LockGuard {
         let keys = std::mem::take(&mut self.keys);
         let token = std::mem::take(&mut self.token);
         // The ticket goes with the release, so this client's next task tries after it.
-        let ticket = self.scope.held.take_ticket();
+        let mut ticket = self.scope.held.take_ticket();
         let limit = self.client.inner.command_timeout;
         tracing::debug!(lock = %self.scope.name, "guard dropped without release; releasing in the background");
         rt.spawn(async move {
-            let _ = timeout(limit, scripts::release(&mut conn, &keys, &token)).await;
+            let reply = timeout(limit, scripts::release(&mut conn, &keys, &token)).await;
+            if let (Ok(Ok((_, 1..))), Some(ticket)) = (reply, ticket.as_mut()) {
+                ticket.hand_off();
+            }
             drop(ticket);
         });
     }
-}
-
-fn timeout_error() -> redis::RedisError {
-    redis::RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "no reply within the command timeout",
-    ))
 }

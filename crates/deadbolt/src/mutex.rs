@@ -25,7 +25,9 @@ use crate::watchdog::Held;
 /// # Fairness
 ///
 /// Tasks of one [`Client`] get the lock in the order they asked for it. Across clients there is
-/// no order: a release wakes one waiter per client, and the first to reach Redis wins.
+/// no strict order (a release wakes one waiter per client, and the first to reach Redis wins),
+/// but no client starves: when a release woke waiters of other clients, the releasing client's
+/// next task lets them go first for a few milliseconds instead of racing them.
 #[derive(Debug)]
 #[must_use = "a LockBuilder does nothing until `acquire` or `try_acquire` is awaited"]
 pub struct LockBuilder<'a> {
@@ -131,6 +133,11 @@ impl<'a> LockBuilder<'a> {
     }
 }
 
+/// How long a task that inherits a lock's line from a release that woke other clients' waiters
+/// lets them go first (see `queue.rs`). A woken waiter needs one pub/sub delivery and one round
+/// trip; this leaves room for a busy machine.
+const HAND_OFF: Duration = Duration::from_millis(5);
+
 /// What one attempt found.
 enum Attempt {
     Acquired {
@@ -178,7 +185,7 @@ async fn acquire_in_span(
         waited: start.elapsed(),
     };
 
-    let ticket = if try_only {
+    let mut ticket = if try_only {
         inner
             .queue
             .try_enter(&name)
@@ -198,6 +205,20 @@ async fn acquire_in_span(
     };
     let mut subscription: Option<Subscription> = None;
     let mut busy = false;
+    if ticket.take_hand_off() {
+        // The release that let us in also woke waiters of other clients. Trying at once would
+        // beat them every time (they need a pub/sub hop first) and starve other processes: give
+        // them a moment to take the lock, then wait our turn like them.
+        tracing::debug!("handing off to waiters of other clients");
+        busy = true;
+        let sub = timeout_at(deadline, inner.waiters.subscribe(&pending.keys.channel));
+        let sub = subscription.insert(sub.await.map_err(|_| timed_out())??);
+        let until = (Instant::now() + HAND_OFF).min(deadline);
+        tokio::select! {
+            _ = sub.notify().notified() => {}
+            _ = sleep_until(until) => {}
+        }
+    }
     loop {
         if busy && subscription.is_none() {
             // Subscribe, then try once more: a release between the first try and the
@@ -216,7 +237,10 @@ async fn acquire_in_span(
         let limit = if busy { deadline } else { first_try_deadline };
         let attempt = match timeout_at(limit, pending.attempt(options.lease.duration())).await {
             Ok(attempt) => attempt?,
-            Err(_) => return Err(timed_out()),
+            // Once the lock was seen held, running out of time is contention; before, it is a
+            // Redis that does not answer.
+            Err(_) if busy => return Err(timed_out()),
+            Err(_) => return Err(Error::no_reply()),
         };
         let pttl = match attempt {
             Attempt::Acquired { fence } => {
@@ -307,11 +331,9 @@ impl Pending {
                 tracing::debug!(error = %err, "acquire outcome unknown; retrying once");
                 call.invoke_async(&mut conn).await.map_err(Error::Redis)?
             }
-            Err(err) => {
-                // Redis refused the script (say WRONGTYPE): nothing was taken.
-                self.armed = false;
-                return Err(Error::from_redis(err, &self.keys.lock));
-            }
+            // Redis refused the script (say WRONGTYPE). The script writes nothing before its
+            // checks pass, but stay armed: a release of a lock we do not hold is harmless.
+            Err(err) => return Err(Error::from_redis(err, &self.keys.lock)),
         };
         match reply {
             (1, fence) => Ok(Attempt::Acquired {

@@ -5,13 +5,20 @@
 //! waiters with a head start of one pub/sub round trip, and win nearly every time: a busy task
 //! would starve its neighbours. With it, a client hands a lock to its own tasks in FIFO order
 //! (tokio's `Mutex` is fair) and Redis sees one contender per client and lock name.
+//!
+//! The same head start exists between clients: a client that releases while other clients wait
+//! would hand the lock to its own next task every time. So a release that woke waiters elsewhere
+//! (`PUBLISH` reached someone) leaves a *hand-off* mark in the line, and the next local task
+//! first gives those waiters a moment to take the lock (see `mutex.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::OwnedMutexGuard;
 
-type Slots = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>;
+/// One line per name; the `bool` is the hand-off mark left by the last holder.
+type Slot = Arc<tokio::sync::Mutex<bool>>;
+type Slots = Arc<Mutex<HashMap<String, Slot>>>;
 
 /// The per-client table of local lines, one per lock name in use.
 #[derive(Debug, Default)]
@@ -24,12 +31,12 @@ pub(crate) struct LocalQueue {
 #[derive(Debug)]
 pub(crate) struct Ticket {
     name: String,
-    guard: Option<OwnedMutexGuard<()>>,
+    guard: Option<OwnedMutexGuard<bool>>,
     slots: Slots,
 }
 
 impl LocalQueue {
-    fn slot(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+    fn slot(&self, name: &str) -> Slot {
         let mut slots = self.slots.lock().unwrap();
         slots.entry(name.to_owned()).or_default().clone()
     }
@@ -62,6 +69,22 @@ impl LocalQueue {
     }
 }
 
+impl Ticket {
+    /// Marks the line: the release that ends this ticket woke waiters of other clients.
+    pub(crate) fn hand_off(&mut self) {
+        if let Some(guard) = self.guard.as_mut() {
+            **guard = true;
+        }
+    }
+
+    /// Whether the previous holder left a hand-off mark; clears it.
+    pub(crate) fn take_hand_off(&mut self) -> bool {
+        self.guard
+            .as_mut()
+            .is_some_and(|guard| std::mem::take(&mut **guard))
+    }
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
         // Let the next task in, then forget the line if nobody else is in it, so a million lock
@@ -85,7 +108,9 @@ mod tests {
     #[tokio::test]
     async fn line_is_fifo_and_forgotten_when_empty() {
         let q = LocalQueue::default();
-        let first = q.enter("a").await;
+        let mut first = q.enter("a").await;
+        assert!(!first.take_hand_off());
+        first.hand_off();
         assert!(q.try_enter("a").is_none(), "the line is taken");
         let second = tokio::spawn({
             let slots = q.slots.clone();
@@ -96,7 +121,12 @@ mod tests {
         });
         tokio::task::yield_now().await;
         drop(first);
-        let second = second.await.unwrap();
+        let mut second = second.await.unwrap();
+        assert!(
+            second.take_hand_off(),
+            "the mark passes to the next in line"
+        );
+        assert!(!second.take_hand_off(), "and is cleared");
         assert!(q.try_enter("a").is_none());
         drop(second);
         assert!(

@@ -24,12 +24,13 @@ pub(crate) static RENEW: LazyLock<Script> =
 pub(crate) static FENCED_SET: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/fenced_set.lua")));
 
-/// Runs `release.lua` for one lock: 1 released, 0 already expired, -1 held by another owner.
+/// Runs `release.lua` for one lock: (1, clients woken) released, (0, 0) already expired,
+/// (-1, 0) held by another owner.
 pub(crate) async fn release(
     conn: &mut redis::aio::ConnectionManager,
     keys: &crate::key::LockKeys,
     token: &str,
-) -> redis::RedisResult<i64> {
+) -> redis::RedisResult<(i64, i64)> {
     let mut call = RELEASE.prepare_invoke();
     call.key(&keys.lock).arg(token).arg(&keys.channel);
     call.invoke_async(conn).await

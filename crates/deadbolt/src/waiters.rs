@@ -11,11 +11,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::timeout;
 
 use crate::error::{Error, Result};
 
@@ -24,6 +26,7 @@ use crate::error::{Error, Result};
 pub(crate) struct Waiters {
     conn: ConnectionManager,
     channels: Arc<Mutex<HashMap<String, Arc<Channel>>>>,
+    command_timeout: Duration,
 }
 
 /// One subscribed channel.
@@ -34,8 +37,19 @@ struct Channel {
     /// Live [`Subscription`]s; guarded by the map's mutex.
     refs: std::sync::atomic::AtomicUsize,
     /// Serializes `SUBSCRIBE`/`UNSUBSCRIBE` of this channel, so they reach Redis in the order the
-    /// reference count changed. The flag says whether Redis has (or may have) us subscribed.
-    subscribed: tokio::sync::Mutex<bool>,
+    /// reference count changed, and says where Redis stands.
+    state: tokio::sync::Mutex<State>,
+}
+
+/// Whether Redis has us subscribed to a channel.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum State {
+    #[default]
+    Unsubscribed,
+    /// A `SUBSCRIBE` was sent but not confirmed (it failed or was cancelled): the next
+    /// subscriber sends it again, the last one out sends `UNSUBSCRIBE` to be sure.
+    Unknown,
+    Subscribed,
 }
 
 /// A waiter's interest in a channel; dropping it gives the interest back.
@@ -45,15 +59,24 @@ pub(crate) struct Subscription {
     channel: Arc<Channel>,
     waiters: Arc<Mutex<HashMap<String, Arc<Channel>>>>,
     conn: ConnectionManager,
+    command_timeout: Duration,
 }
 
 impl Waiters {
     /// Wraps a RESP3 connection manager whose pushes arrive on `pushes`.
-    pub(crate) fn new(conn: ConnectionManager, pushes: UnboundedReceiver<PushInfo>) -> Waiters {
+    pub(crate) fn new(
+        conn: ConnectionManager,
+        pushes: UnboundedReceiver<PushInfo>,
+        command_timeout: Duration,
+    ) -> Waiters {
         let channels = Arc::new(Mutex::new(HashMap::new()));
         // The dispatcher ends when the connection manager (the sender's owner) is dropped.
         tokio::spawn(dispatch(pushes, Arc::downgrade(&channels)));
-        Waiters { conn, channels }
+        Waiters {
+            conn,
+            channels,
+            command_timeout,
+        }
     }
 
     /// Subscribes to `name` (or joins an existing subscription). When this returns, Redis has
@@ -77,16 +100,21 @@ impl Waiters {
             channel,
             waiters: self.channels.clone(),
             conn: self.conn.clone(),
+            command_timeout: self.command_timeout,
         };
-        let mut subscribed = sub.channel.subscribed.lock().await;
-        if !*subscribed {
-            // Set first: if this call is cancelled or fails, Redis may still have subscribed us,
-            // and the last one out must then send UNSUBSCRIBE.
-            *subscribed = true;
+        let mut state = sub.channel.state.lock().await;
+        if *state != State::Subscribed {
+            // Unknown until confirmed: if this call is cancelled or fails, Redis may still have
+            // subscribed us.
+            *state = State::Unknown;
             let mut conn = self.conn.clone();
-            conn.subscribe(name).await.map_err(Error::Redis)?;
+            timeout(self.command_timeout, conn.subscribe(name))
+                .await
+                .map_err(|_| Error::no_reply())?
+                .map_err(Error::Redis)?;
+            *state = State::Subscribed;
         }
-        drop(subscribed);
+        drop(state);
         Ok(sub)
     }
 }
@@ -113,19 +141,20 @@ impl Drop for Subscription {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (name, channel, waiters, mut conn) = (
+        let (name, channel, waiters, mut conn, limit) = (
             self.name.clone(),
             self.channel.clone(),
             self.waiters.clone(),
             self.conn.clone(),
+            self.command_timeout,
         );
         rt.spawn(async move {
-            let mut subscribed = channel.subscribed.lock().await;
+            let mut state = channel.state.lock().await;
             let still_unused = || channel.refs.load(std::sync::atomic::Ordering::SeqCst) == 0;
-            if *subscribed && still_unused() {
+            if *state != State::Unsubscribed && still_unused() {
                 // Best effort: a failed UNSUBSCRIBE only leaves a channel nobody listens to.
-                let _ = conn.unsubscribe(&name).await;
-                *subscribed = false;
+                let _ = timeout(limit, conn.unsubscribe(&name)).await;
+                *state = State::Unsubscribed;
             }
             let mut map = waiters.lock().unwrap();
             if still_unused() && map.get(&name).is_some_and(|c| Arc::ptr_eq(c, &channel)) {
@@ -146,7 +175,9 @@ async fn dispatch(
         };
         let map = channels.lock().unwrap();
         match push.kind {
-            PushKind::Message => {
+            // A release; or a (re)subscription confirmed, after which a release published while
+            // we were not subscribed would go unseen: wake the waiters to re-check either way.
+            PushKind::Message | PushKind::Subscribe => {
                 let name = match push.data.first() {
                     Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes),
                     _ => continue,

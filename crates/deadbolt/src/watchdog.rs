@@ -27,8 +27,10 @@ const BATCH: usize = 100;
 /// What a held lock shares between its guard and the watchdog.
 #[derive(Debug)]
 pub(crate) struct Held {
-    /// Until when the lock is known to be ours, by the local monotonic clock.
-    valid_until: Mutex<Instant>,
+    /// Until when the lock is known to be ours, by the local monotonic clock, and the generation
+    /// of the lease (bumped by every `extend`): a renewal reply is applied only if no `extend`
+    /// was sent since the renewal was, because Redis may have run them in either order.
+    valid_until: Mutex<(Instant, u64)>,
     /// Cancelled when the lock is lost.
     pub(crate) lost: CancellationToken,
     /// The holder's place in its client's local line. It is given up when the lock is released
@@ -40,7 +42,7 @@ pub(crate) struct Held {
 impl Held {
     pub(crate) fn new(valid_until: Instant, ticket: Ticket) -> Held {
         Held {
-            valid_until: Mutex::new(valid_until),
+            valid_until: Mutex::new((valid_until, 0)),
             lost: CancellationToken::new(),
             ticket: Mutex::new(Some(ticket)),
         }
@@ -58,12 +60,31 @@ impl Held {
     }
 
     pub(crate) fn valid_until(&self) -> Instant {
-        *self.valid_until.lock().unwrap()
+        self.valid_until.lock().unwrap().0
     }
 
-    /// Records a successful renewal sent at `sent` that set the TTL to `lease`.
-    pub(crate) fn renewed(&self, sent: Instant, lease: Duration) {
-        *self.valid_until.lock().unwrap() = sent + lease - drift(lease);
+    /// The current lease generation, to hand to [`Held::renewed`].
+    pub(crate) fn generation(&self) -> u64 {
+        self.valid_until.lock().unwrap().1
+    }
+
+    /// Records a successful renewal of generation `generation`, sent at `sent`, that set the TTL
+    /// to `lease`. Ignored if the lease changed generation since.
+    pub(crate) fn renewed(&self, generation: u64, sent: Instant, lease: Duration) {
+        let mut valid = self.valid_until.lock().unwrap();
+        if valid.1 == generation {
+            valid.0 = sent + lease - drift(lease);
+        }
+    }
+
+    /// Starts a new lease generation before an `extend` that sets the TTL to `lease`: until the
+    /// reply, the lock counts as valid only as long as both the old and the new TTL say. Returns
+    /// the new generation.
+    pub(crate) fn begin_extend(&self, sent: Instant, lease: Duration) -> u64 {
+        let mut valid = self.valid_until.lock().unwrap();
+        valid.0 = valid.0.min(sent + lease - drift(lease));
+        valid.1 += 1;
+        valid.1
     }
 
     /// Waits until the lock is lost, by signal or by the clock. Never later than `valid_until`.
@@ -98,10 +119,37 @@ struct Entry {
 
 #[derive(Debug, Default)]
 struct Shared {
-    entries: Mutex<HashMap<u64, Entry>>,
-    /// Woken when an entry is added, so the task can sleep until the earliest deadline.
+    entries: Mutex<Entries>,
+    /// Woken when an entry needs the task earlier than it planned to wake.
     changed: Notify,
     next_id: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    map: HashMap<u64, Entry>,
+    /// When the task plans to wake next. An entry due later needs no wake-up: on a busy client
+    /// that takes and releases locks in a loop, the task is not woken once per acquisition.
+    wake_at: Option<Instant>,
+}
+
+impl Entries {
+    /// Adds or updates an entry, waking the task if the entry is due before it planned to wake.
+    fn put(&mut self, id: u64, entry: Entry, changed: &Notify) {
+        let due = entry
+            .next_due
+            .unwrap_or(far_future())
+            .min(entry.held.valid_until());
+        self.map.insert(id, entry);
+        if self.wake_at.is_none_or(|at| due < at) {
+            self.wake_at = Some(due);
+            changed.notify_one();
+        }
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(3600)
 }
 
 /// The handle a client keeps; dropping it stops the task.
@@ -143,26 +191,27 @@ impl Watchdog {
             next_due,
             held,
         };
-        self.shared.entries.lock().unwrap().insert(id, entry);
-        self.shared.changed.notify_one();
+        let mut entries = self.shared.entries.lock().unwrap();
+        entries.put(id, entry, &self.shared.changed);
         id
     }
 
-    /// Changes the lease a lock is kept at (after an `extend`).
+    /// Changes the lease a lock is kept at (before an `extend` is sent).
     pub(crate) fn set_lease(&self, id: u64, lease: Lease, now: Instant) {
-        if let Some(entry) = self.shared.entries.lock().unwrap().get_mut(&id) {
+        let mut entries = self.shared.entries.lock().unwrap();
+        if let Some(mut entry) = entries.map.remove(&id) {
             entry.lease = lease;
             entry.next_due = match lease {
                 Lease::Fixed(_) => None,
                 Lease::Renewed { every, .. } => Some(now + every),
             };
+            entries.put(id, entry, &self.shared.changed);
         }
-        self.shared.changed.notify_one();
     }
 
     /// Stops looking after a lock (it is being released).
     pub(crate) fn remove(&self, id: u64) {
-        self.shared.entries.lock().unwrap().remove(&id);
+        self.shared.entries.lock().unwrap().map.remove(&id);
     }
 }
 
@@ -179,6 +228,7 @@ struct Due {
     token: String,
     lease: Duration,
     every: Duration,
+    generation: u64,
     held: Arc<Held>,
 }
 
@@ -200,24 +250,29 @@ async fn run(
         let due = take_due(&shared, now);
         for batch in due.chunks(BATCH) {
             renew(&shared, &mut conn, batch, command_timeout).await;
+            // A slow batch must not delay the lost signal of the locks in the next one.
+            expire(&shared, Instant::now());
         }
     }
 }
 
-/// The earliest renewal or validity deadline of any entry.
+/// The earliest renewal or validity deadline of any entry, which becomes the planned wake-up.
 fn next_wake(shared: &Shared) -> Instant {
-    let entries = shared.entries.lock().unwrap();
-    entries
+    let mut entries = shared.entries.lock().unwrap();
+    let wake = entries
+        .map
         .values()
         .flat_map(|e| [e.next_due, Some(e.held.valid_until())])
         .flatten()
         .min()
-        .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+        .unwrap_or_else(far_future);
+    entries.wake_at = Some(wake);
+    wake
 }
 
 /// Fires the lost signal of every lock whose validity has passed, and forgets it.
 fn expire(shared: &Shared, now: Instant) {
-    shared.entries.lock().unwrap().retain(|_, e| {
+    shared.entries.lock().unwrap().map.retain(|_, e| {
         let alive = e.held.valid_until() > now;
         if !alive {
             tracing::warn!(lock = %e.name, "lock lost: validity passed without a successful renewal");
@@ -231,8 +286,10 @@ fn expire(shared: &Shared, now: Instant) {
 /// about the same time share a round trip.
 fn take_due(shared: &Shared, now: Instant) -> Vec<Due> {
     let mut entries = shared.entries.lock().unwrap();
+    // A lock found lost by its guard's own timer is not renewed any more.
+    entries.map.retain(|_, e| !e.held.lost.is_cancelled());
     let mut due = Vec::new();
-    for (&id, e) in entries.iter_mut() {
+    for (&id, e) in entries.map.iter_mut() {
         let (Some(next), Lease::Renewed { lease, every }) = (e.next_due, e.lease) else {
             continue;
         };
@@ -245,6 +302,7 @@ fn take_due(shared: &Shared, now: Instant) -> Vec<Due> {
                 token: e.token.clone(),
                 lease,
                 every,
+                generation: e.held.generation(),
                 held: e.held.clone(),
             });
         }
@@ -283,12 +341,12 @@ async fn renew(
         Ok(codes) => {
             for (d, code) in batch.iter().zip(codes) {
                 if code == 1 {
-                    d.held.renewed(sent, d.lease);
+                    d.held.renewed(d.generation, sent, d.lease);
                     tracing::trace!(key = %d.key, "lease renewed");
                     continue;
                 }
                 // Released meanwhile? Then the entry is gone and there is nothing to report.
-                if entries.remove(&d.id).is_some() {
+                if entries.map.remove(&d.id).is_some() {
                     let why = if code == 0 {
                         "expired"
                     } else {
@@ -304,7 +362,7 @@ async fn renew(
             tracing::warn!(error = %err, locks = batch.len(), "lease renewal failed; retrying");
             let retry = Instant::now() + (batch[0].every / 4).min(Duration::from_secs(1));
             for d in batch {
-                if let Some(e) = entries.get_mut(&d.id) {
+                if let Some(e) = entries.map.get_mut(&d.id) {
                     e.next_due = Some(retry);
                 }
             }

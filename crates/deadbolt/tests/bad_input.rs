@@ -165,3 +165,31 @@ async fn bad_client_settings_are_refused() {
         .await;
     assert_invalid(r, "command timeout");
 }
+
+/// A fence key of another type is refused before anything is written: no lock is left taken.
+#[tokio::test]
+async fn a_fence_key_of_another_type_takes_no_lock() {
+    let (server, locks) = setup().await;
+    let mut conn = server.connection();
+    let _: () = redis::cmd("HSET")
+        .arg("deadbolt:{a}:fence")
+        .arg("f")
+        .arg("v")
+        .query(&mut conn)
+        .unwrap();
+    let err = locks
+        .lock("a")
+        .lease(Duration::from_secs(5))
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::WrongType { ref key } if key == "deadbolt:{a}:fence"),
+        "{err:?}"
+    );
+    assert_eq!(
+        server.keys(),
+        ["deadbolt:{a}:fence"],
+        "a lock was left taken"
+    );
+}

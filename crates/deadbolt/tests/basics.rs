@@ -177,3 +177,40 @@ async fn a_zero_wait_is_one_try() {
     guard.release().await.unwrap();
     assert_clean(&server);
 }
+
+/// An `extend` that shortens the lease and gets no reply may still have been applied: the guard
+/// must count with the shorter lease, or a second owner could take the lock while it says held.
+#[tokio::test]
+async fn an_unanswered_extend_counts_with_the_shorter_lease() {
+    let server = deadbolt_testkit::RedisServer::start().unwrap();
+    let locks = deadbolt::Client::builder(&server.url())
+        .command_timeout(ms(300))
+        .connect()
+        .await
+        .unwrap();
+    let mut guard = locks
+        .lock("a")
+        .lease(Duration::from_secs(10))
+        .acquire()
+        .await
+        .unwrap();
+    guard.extend(Duration::from_secs(10)).await.unwrap(); // loads the script
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(500)
+        .arg("WRITE")
+        .query(&mut server.connection())
+        .unwrap();
+    let sent = std::time::Instant::now();
+    let err = guard.extend(ms(200)).await.unwrap_err();
+    assert!(matches!(err, Error::Redis(_)), "{err:?}");
+    assert!(
+        guard.valid_until() <= sent + ms(200),
+        "validity not shortened"
+    );
+    tokio::time::sleep(ms(500)).await;
+    let other = crate::util::client(&server).await;
+    let theirs = other.lock("a").wait(ms(500)).acquire().await.unwrap();
+    assert!(!guard.is_held(), "two holders");
+    theirs.release().await.unwrap();
+}

@@ -88,3 +88,24 @@ async fn dropped_guard_is_released_in_the_background() {
     g.release().await.unwrap();
     assert_clean(&server);
 }
+
+/// A release that gets no reply still frees this client's line for the lock, even while a
+/// `LockScope` of it lives on: once the lease is over, the client's next task gets the lock.
+#[tokio::test]
+async fn a_failed_release_frees_the_local_line() {
+    let server = deadbolt_testkit::RedisServer::start().unwrap();
+    let locks = deadbolt::Client::builder(&server.url())
+        .command_timeout(ms(300))
+        .connect()
+        .await
+        .unwrap();
+    let guard = locks.lock("a").lease(ms(500)).acquire().await.unwrap();
+    let scope = guard.scope();
+    server.pause();
+    assert!(guard.release().await.is_err());
+    server.resume();
+    let g = locks.lock("a").wait(ms(1500)).acquire().await.unwrap();
+    g.release().await.unwrap();
+    drop(scope);
+    assert_clean(&server);
+}

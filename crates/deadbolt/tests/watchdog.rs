@@ -147,3 +147,54 @@ async fn renewals_are_batched() {
     }
     assert_clean(&server);
 }
+
+/// A renewal in flight while `extend` shortens the lease: whichever order Redis ran them in,
+/// the renewal's late reply must not give the guard back the longer validity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_renewal_reply_does_not_undo_a_shorter_extend() {
+    let server = RedisServer::start().unwrap();
+    let mut clients = Vec::new();
+    let mut guards = Vec::new();
+    for i in 0..24 {
+        let c = crate::util::client(&server).await;
+        guards.push(
+            c.lock(format!("l{i}"))
+                .watchdog(ms(3000))
+                .acquire()
+                .await
+                .unwrap(),
+        );
+        clients.push(c);
+    }
+    // Renewals fall due 1 s after acquisition; hold writes from 0.9 s to 1.6 s.
+    tokio::time::sleep(ms(900)).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(700)
+        .arg("WRITE")
+        .query(&mut server.connection())
+        .unwrap();
+    tokio::time::sleep(ms(250)).await;
+    let tasks: Vec<_> = guards
+        .into_iter()
+        .map(|mut g| {
+            tokio::spawn(async move {
+                g.extend(ms(200)).await.unwrap();
+                g
+            })
+        })
+        .collect();
+    let mut guards = Vec::new();
+    for t in tasks {
+        guards.push(t.await.unwrap());
+    }
+    let now = Instant::now();
+    for g in &guards {
+        let left = g.valid_until().saturating_duration_since(now);
+        assert!(
+            left <= ms(200),
+            "{} claims {left:?} after a 200 ms extend",
+            g.name()
+        );
+    }
+}

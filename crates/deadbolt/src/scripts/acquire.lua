@@ -6,20 +6,36 @@
 -- ARGV[2]: the lease, in milliseconds
 -- ARGV[3]: how long the fencing counter outlives its last use, in milliseconds
 -- returns: {1, fence} when the lock is ours, {0, pttl} when another owner holds it
---          (pttl is -1 when that owner's key has no expiry, as a peer without TTL leaves it)
+--          (pttl is -1 when that owner's key has no expiry, as a peer without TTL leaves it);
+--          the error "WRONGTYPE <key>" when a key holds something else
 
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
+-- Reads that can fail come before any write: a script is not rolled back, and a lock taken by a
+-- script that then failed would have no owner to release it.
+local function get(key)
+  local ok, value = pcall(redis.call, 'GET', key)
+  if not ok then
+    return redis.error_reply('WRONGTYPE ' .. key)
+  end
+  return value
+end
+
+local last = get(KEYS[2])
+if type(last) == 'table' then return last end
+if last and not tonumber(last) then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[2])
+end
+
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local holder = get(KEYS[1])
+  if type(holder) == 'table' then return holder end
+  if holder ~= ARGV[1] then
+    return {0, redis.call('PTTL', KEYS[1])}
+  end
   -- A retry after an ambiguous outcome (a timeout): the first attempt landed. Nobody else can
   -- have minted a token since, so the counter still holds ours.
-  local fence = redis.call('GET', KEYS[2])
-  if fence then
-    return {1, tonumber(fence)}
+  if last then
+    return {1, tonumber(last)}
   end
-elseif holder then
-  return {0, redis.call('PTTL', KEYS[1])}
-else
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
 
 -- The fencing token is max(last + 1, server time in microseconds). The counter alone would go
@@ -28,7 +44,6 @@ end
 -- Microseconds since 1970 stay below 2^53, so Lua's doubles hold them exactly.
 local now = redis.call('TIME')
 local fence = tonumber(now[1]) * 1000000 + tonumber(now[2])
-local last = redis.call('GET', KEYS[2])
 if last and tonumber(last) >= fence then
   fence = tonumber(last) + 1
 end
