@@ -24,6 +24,9 @@ use crate::scripts::RENEW;
 /// Most locks renewed by one script call (Redisson's `lockWatchdogBatchSize`).
 const BATCH: usize = 100;
 
+/// How long the task keeps a plan to wake after it last saw no lock (see [`next_wake`]).
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
 /// What a held lock shares between its guard and the watchdog.
 #[derive(Debug)]
 pub(crate) struct Held {
@@ -128,9 +131,12 @@ struct Shared {
 #[derive(Debug, Default)]
 struct Entries {
     map: HashMap<u64, Entry>,
-    /// When the task plans to wake next. An entry due later needs no wake-up: on a busy client
-    /// that takes and releases locks in a loop, the task is not woken once per acquisition.
+    /// When the task plans to wake next (`None`: not until woken). An entry due later needs no
+    /// wake-up: on a busy client that takes and releases locks in a loop, the task is not woken
+    /// once per acquisition.
     wake_at: Option<Instant>,
+    /// The last plan was made with no entries (see [`next_wake`]).
+    idle: bool,
 }
 
 impl Entries {
@@ -257,17 +263,27 @@ async fn run(
 }
 
 /// The earliest renewal or validity deadline of any entry, which becomes the planned wake-up.
+///
+/// With no entries, the task still plans to wake once more, [`IDLE_TICK`] later: a client that
+/// takes and releases locks back to back often has none when the task looks, and a plan of "not
+/// until woken" would make every next acquisition wake the task. Only after a second look finds
+/// none does it sleep until woken.
 fn next_wake(shared: &Shared) -> Instant {
     let mut entries = shared.entries.lock().unwrap();
-    let wake = entries
+    let earliest = entries
         .map
         .values()
         .flat_map(|e| [e.next_due, Some(e.held.valid_until())])
         .flatten()
-        .min()
-        .unwrap_or_else(far_future);
-    entries.wake_at = Some(wake);
-    wake
+        .min();
+    let (plan, idle) = match earliest {
+        Some(at) => (Some(at), false),
+        None if !entries.idle => (Some(Instant::now() + IDLE_TICK), true),
+        None => (None, true),
+    };
+    entries.wake_at = plan;
+    entries.idle = idle;
+    plan.unwrap_or_else(far_future)
 }
 
 /// Fires the lost signal of every lock whose validity has passed, and forgets it.
