@@ -29,6 +29,8 @@
 //! - `cycle`: from the start of `acquire` to the end of `release` (µs).
 //! - `per-worker min/max`: acquisitions of the least and most lucky worker. Their ratio (the
 //!   spread) is 1.0 for a perfectly fair lock; a large spread means starvation.
+//!   With `--clients` above 1, W2 also lists acquisitions per client, which tells a client
+//!   keeping the lock to itself apart from an unlucky worker.
 //! - `cmds/acq`: Redis commands per acquisition, from `INFO commandstats` around the measured
 //!   phase. Commands run inside Lua scripts are counted by Redis too, so this is the total work
 //!   for the server; the top-level part (the round trips a client pays for) comes from a short

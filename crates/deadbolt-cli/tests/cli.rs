@@ -319,39 +319,106 @@ fn tls_urls_work() {
     let dir = tempfile::tempdir().unwrap();
     let path = |f: &str| dir.path().join(f).display().to_string();
     let openssl = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).output().expect("openssl is installed");
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl is installed");
         assert!(out.status.success(), "openssl {args:?}: {out:?}");
     };
     let ext = path("ext.cnf");
     std::fs::write(&ext, "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
-    openssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=deadbolt test ca",
-        "-keyout", &path("ca.key"), "-out", &path("ca.pem")]);
-    openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-        "-keyout", &path("redis.key"), "-out", &path("redis.csr")]);
-    openssl(&["x509", "-req", "-in", &path("redis.csr"), "-CA", &path("ca.pem"), "-CAkey", &path("ca.key"),
-        "-CAcreateserial", "-days", "1", "-extfile", &ext, "-out", &path("redis.pem")]);
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=deadbolt test ca",
+        "-keyout",
+        &path("ca.key"),
+        "-out",
+        &path("ca.pem"),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &path("redis.key"),
+        "-out",
+        &path("redis.csr"),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &path("redis.csr"),
+        "-CA",
+        &path("ca.pem"),
+        "-CAkey",
+        &path("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &ext,
+        "-out",
+        &path("redis.pem"),
+    ]);
 
-    let tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let server = RedisServer::builder()
         .password("tls-secret")
-        .arg("--tls-port").arg(tls_port.to_string())
-        .arg("--tls-cert-file").arg(path("redis.pem"))
-        .arg("--tls-key-file").arg(path("redis.key"))
-        .arg("--tls-ca-cert-file").arg(path("ca.pem"))
-        .arg("--tls-auth-clients").arg("no")
+        .arg("--tls-port")
+        .arg(tls_port.to_string())
+        .arg("--tls-cert-file")
+        .arg(path("redis.pem"))
+        .arg("--tls-key-file")
+        .arg(path("redis.key"))
+        .arg("--tls-ca-cert-file")
+        .arg(path("ca.pem"))
+        .arg("--tls-auth-clients")
+        .arg("no")
         .start()
         .unwrap();
     let url = format!("rediss://:tls-secret@localhost:{tls_port}");
     let out = deadbolt()
         .env("SSL_CERT_FILE", path("ca.pem"))
-        .args(["run", "--redis", &url, "--key", "k", "--fence-env", "--", "sh", "-c", "test -n \"$DEADBOLT_FENCE\""])
+        .args([
+            "run",
+            "--redis",
+            &url,
+            "--key",
+            "k",
+            "--fence-env",
+            "--",
+            "sh",
+            "-c",
+            "test -n \"$DEADBOLT_FENCE\"",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     // The lock really went through that server.
-    let fence: Option<u64> = redis::cmd("GET").arg("deadbolt:{k}:fence").query(&mut server.connection()).unwrap();
+    let fence: Option<u64> = redis::cmd("GET")
+        .arg("deadbolt:{k}:fence")
+        .query(&mut server.connection())
+        .unwrap();
     assert!(fence.is_some());
     // An untrusted certificate is refused.
-    let out = deadbolt().args(["status", "--redis", &url, "k"]).output().unwrap();
+    let out = deadbolt()
+        .args(["status", "--redis", &url, "k"])
+        .output()
+        .unwrap();
     assert_eq!(code(&out), 70, "{out:?}");
 }

@@ -48,7 +48,9 @@ impl std::fmt::Display for ProcessError {
         match self {
             ProcessError::Lock(e) => write!(f, "lock: {e}"),
             ProcessError::Redis(e) => write!(f, "redis: {e}"),
-            ProcessError::Overlap { book } => write!(f, "two workers processed book {book} at once"),
+            ProcessError::Overlap { book } => {
+                write!(f, "two workers processed book {book} at once")
+            }
         }
     }
 }
@@ -73,7 +75,10 @@ impl Worker {
         let inside: u64 = redis.incr(format!("active:{book}"), 1).await?;
         let active: u64 = redis.incr("active", 1).await?;
         let _: () = redis
-            .rpush("seen", format!("{book}:{seq}:{}:{inside}:{active}", self.name))
+            .rpush(
+                "seen",
+                format!("{book}:{seq}:{}:{inside}:{active}", self.name),
+            )
             .await?;
         // The work: long enough that, without the lock, two workers would overlap.
         tokio::time::sleep(Duration::from_millis(20)).await;

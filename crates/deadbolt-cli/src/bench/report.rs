@@ -67,6 +67,9 @@ pub(crate) struct Report {
     per_worker_min: u64,
     /// Acquisitions of the best served worker.
     per_worker_max: u64,
+    /// W2 with several clients: acquisitions per client (worker `i` uses client `i % C`), which
+    /// shows whether one client keeps the lock to itself.
+    per_client: Option<Vec<u64>>,
     /// All commands (top-level and inside scripts) per acquisition.
     cmds_per_acquisition: Option<f64>,
     /// Those commands by name, per acquisition.
@@ -133,6 +136,13 @@ impl Report {
             cycle_p99_us: quantile(&total.cycle, 0.99),
             per_worker_min: total.per_worker.iter().copied().min().unwrap_or(0),
             per_worker_max: total.per_worker.iter().copied().max().unwrap_or(0),
+            per_client: clients.filter(|&c| c > 1).map(|c| {
+                let mut sums = vec![0; c];
+                for (i, n) in total.per_worker.iter().enumerate() {
+                    sums[i % c] += n;
+                }
+                sums
+            }),
             cmds_per_acquisition: commands
                 .as_ref()
                 .filter(|_| ops > 0)
@@ -172,7 +182,7 @@ impl Report {
                     .collect(),
             )
         };
-        let fields: [(&str, Value); 28] = [
+        let fields: [(&str, Value); 29] = [
             ("workload", json!(self.workload.label())),
             ("workers", json!(self.workers)),
             ("clients", json!(self.clients)),
@@ -199,6 +209,7 @@ impl Report {
             ("per_worker_min", json!(self.per_worker_min)),
             ("per_worker_max", json!(self.per_worker_max)),
             ("spread", json!(self.spread().map(|s| round(s, 3)))),
+            ("per_client", json!(self.per_client)),
             (
                 "cmds_per_acquisition",
                 json!(self.cmds_per_acquisition.map(|n| round(n, 3))),
@@ -339,6 +350,10 @@ pub(crate) fn table(reports: &[Report]) -> String {
                  {:.0} µs)), spread max/min = {spread}",
                 ideal.ops_per_s, ideal.section_us, ideal.rtt_us
             );
+            if let Some(per_client) = &r.per_client {
+                let list: Vec<String> = per_client.iter().map(u64::to_string).collect();
+                let _ = writeln!(out, "W2 acquisitions per client: {}", list.join(", "));
+            }
         }
         if r.errors > 0 || r.lease_expired > 0 {
             let _ = writeln!(
