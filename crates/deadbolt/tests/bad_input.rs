@@ -108,26 +108,13 @@ async fn wrong_password_is_a_connect_error() {
     assert!(!format!("{err} {err:?}").contains("wrong@"), "{err:?}");
     // And the right one works.
     let locks = Client::connect(&server.url()).await.unwrap();
-    locks
-        .lock("a")
-        .acquire()
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    crate::util::take_and_release(&locks, "a").await;
 }
 
 #[tokio::test]
 async fn a_key_of_another_type_is_a_typed_error() {
     let (server, locks) = setup().await;
-    let mut conn = server.connection();
-    let _: () = redis::cmd("HSET")
-        .arg("deadbolt:{h}")
-        .arg("f")
-        .arg("v")
-        .query(&mut conn)
-        .unwrap();
+    crate::util::raw(&server, &["HSET", "deadbolt:{h}", "f", "v"]);
     let err = locks.lock("h").acquire().await.unwrap_err();
     assert!(
         matches!(err, Error::WrongType { ref key } if key == "deadbolt:{h}"),
@@ -137,18 +124,8 @@ async fn a_key_of_another_type_is_a_typed_error() {
     assert!(matches!(err, Error::WrongType { .. }), "{err:?}");
     // Nothing was created beside the foreign key, and the local queue is free again.
     assert_eq!(server.keys(), ["deadbolt:{h}"]);
-    let _: () = redis::cmd("DEL")
-        .arg("deadbolt:{h}")
-        .query(&mut conn)
-        .unwrap();
-    locks
-        .lock("h")
-        .try_acquire()
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    crate::util::raw(&server, &["DEL", "deadbolt:{h}"]);
+    crate::util::take_and_release(&locks, "h").await;
 }
 
 #[tokio::test]
@@ -170,13 +147,7 @@ async fn bad_client_settings_are_refused() {
 #[tokio::test]
 async fn a_fence_key_of_another_type_takes_no_lock() {
     let (server, locks) = setup().await;
-    let mut conn = server.connection();
-    let _: () = redis::cmd("HSET")
-        .arg("deadbolt:{a}:fence")
-        .arg("f")
-        .arg("v")
-        .query(&mut conn)
-        .unwrap();
+    crate::util::raw(&server, &["HSET", "deadbolt:{a}:fence", "f", "v"]);
     let err = locks
         .lock("a")
         .lease(Duration::from_secs(5))

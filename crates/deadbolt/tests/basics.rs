@@ -31,14 +31,7 @@ async fn try_acquire_on_a_held_lock_would_block() {
         Err(Error::WouldBlock { .. })
     ));
     guard.release().await.unwrap();
-    other
-        .lock("a")
-        .try_acquire()
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    crate::util::take_and_release(&other, "a").await;
     assert_clean(&server);
 }
 
@@ -112,10 +105,7 @@ async fn extend_moves_validity_and_fails_once_the_lock_is_gone() {
     let ttl = locks.inspect("a").await.unwrap().ttl.unwrap();
     assert!(ttl > ms(1500), "ttl {ttl:?}");
 
-    let _: () = redis::cmd("DEL")
-        .arg("deadbolt:{a}")
-        .query(&mut server.connection())
-        .unwrap();
+    crate::util::raw(&server, &["DEL", "deadbolt:{a}"]);
     let err = guard.extend(ms(2000)).await.unwrap_err();
     assert!(matches!(err, Error::LockLost { .. }), "{err:?}");
     assert!(!guard.is_held());
@@ -183,11 +173,7 @@ async fn a_zero_wait_is_one_try() {
 #[tokio::test]
 async fn an_unanswered_extend_counts_with_the_shorter_lease() {
     let server = deadbolt_testkit::RedisServer::start().unwrap();
-    let locks = deadbolt::Client::builder(&server.url())
-        .command_timeout(ms(300))
-        .connect()
-        .await
-        .unwrap();
+    let locks = crate::util::client_with_timeout(&server, ms(300)).await;
     let mut guard = locks
         .lock("a")
         .lease(Duration::from_secs(10))

@@ -25,14 +25,7 @@ async fn dropped_acquire_leaves_no_lock() {
         server.keys()
     );
     // Nothing stuck in the local queue either: the lock is free for an immediate try.
-    locks
-        .lock("a")
-        .try_acquire()
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    crate::util::take_and_release(&locks, "a").await;
     assert!(
         acquired > 0 && acquired < 300,
         "cancellation points not exercised: {acquired}"
@@ -61,14 +54,7 @@ async fn dropped_waiters_unsubscribe() {
         );
     }
     guard.release().await.unwrap();
-    waiting
-        .lock("a")
-        .try_acquire()
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    crate::util::take_and_release(&waiting, "a").await;
     assert_clean(&server);
 }
 
@@ -94,11 +80,7 @@ async fn dropped_guard_is_released_in_the_background() {
 #[tokio::test]
 async fn a_failed_release_frees_the_local_line() {
     let server = deadbolt_testkit::RedisServer::start().unwrap();
-    let locks = deadbolt::Client::builder(&server.url())
-        .command_timeout(ms(300))
-        .connect()
-        .await
-        .unwrap();
+    let locks = crate::util::client_with_timeout(&server, ms(300)).await;
     let guard = locks.lock("a").lease(ms(500)).acquire().await.unwrap();
     let scope = guard.scope();
     server.pause();

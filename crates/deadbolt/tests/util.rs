@@ -51,3 +51,34 @@ pub(crate) fn subscribers(server: &RedisServer, channel: &str) -> i64 {
 pub(crate) fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
+
+/// A client whose commands time out after `timeout`, for tests that stall Redis.
+pub(crate) async fn client_with_timeout(server: &RedisServer, timeout: Duration) -> Client {
+    Client::builder(&server.url())
+        .command_timeout(timeout)
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// Takes lock `name` without waiting and releases it: the lock was free.
+pub(crate) async fn take_and_release(locks: &Client, name: &str) {
+    let guard = locks
+        .lock(name)
+        .try_acquire()
+        .await
+        .expect("the lock is free");
+    assert_eq!(
+        guard.release().await.unwrap(),
+        deadbolt::ReleaseOutcome::Released
+    );
+}
+
+/// Runs a raw command on the server, ignoring its reply.
+pub(crate) fn raw(server: &RedisServer, args: &[&str]) {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    let _: redis::Value = cmd.query(&mut server.connection()).unwrap();
+}

@@ -178,14 +178,7 @@ async fn tasks_of_one_client_are_served_fifo() {
 #[tokio::test]
 async fn client_recovers_after_a_redis_restart() {
     let (mut server, locks) = setup().await;
-    locks
-        .lock("a")
-        .acquire()
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    crate::util::take_and_release(&locks, "a").await;
     server.restart().unwrap();
     // The first command may see the dropped connection; within a second it must work again.
     let mut ok = false;

@@ -25,11 +25,7 @@ async fn watchdog_keeps_a_lock_past_its_lease() {
 #[tokio::test]
 async fn lost_fires_by_valid_until_when_redis_is_paused() {
     let server = RedisServer::start().unwrap();
-    let locks = deadbolt::Client::builder(&server.url())
-        .command_timeout(ms(2000))
-        .connect()
-        .await
-        .unwrap();
+    let locks = crate::util::client_with_timeout(&server, ms(2000)).await;
     let guard = locks.lock("a").watchdog(ms(500)).acquire().await.unwrap();
     let token = guard.lost_token();
     server.pause();
@@ -56,7 +52,6 @@ async fn lost_fires_by_valid_until_when_redis_is_paused() {
 #[tokio::test]
 async fn lost_fires_when_a_renewal_finds_the_lock_gone_or_taken() {
     let (server, locks) = setup().await;
-    let mut conn = server.connection();
 
     let gone = locks
         .lock("gone")
@@ -64,10 +59,7 @@ async fn lost_fires_when_a_renewal_finds_the_lock_gone_or_taken() {
         .acquire()
         .await
         .unwrap();
-    let _: () = redis::cmd("DEL")
-        .arg("deadbolt:{gone}")
-        .query(&mut conn)
-        .unwrap();
+    crate::util::raw(&server, &["DEL", "deadbolt:{gone}"]);
     let start = Instant::now();
     tokio::time::timeout(ms(500), gone.lost())
         .await
@@ -84,11 +76,7 @@ async fn lost_fires_when_a_renewal_finds_the_lock_gone_or_taken() {
         .acquire()
         .await
         .unwrap();
-    let _: () = redis::cmd("SET")
-        .arg("deadbolt:{taken}")
-        .arg("intruder")
-        .query(&mut conn)
-        .unwrap();
+    crate::util::raw(&server, &["SET", "deadbolt:{taken}", "intruder"]);
     tokio::time::timeout(ms(500), taken.lost())
         .await
         .expect("lost after the key was taken");
@@ -97,10 +85,7 @@ async fn lost_fires_when_a_renewal_finds_the_lock_gone_or_taken() {
         gone.release().await.unwrap(),
         ReleaseOutcome::AlreadyExpired
     );
-    let _: () = redis::cmd("DEL")
-        .arg("deadbolt:{taken}")
-        .query(&mut conn)
-        .unwrap();
+    crate::util::raw(&server, &["DEL", "deadbolt:{taken}"]);
     assert_clean(&server);
 }
 

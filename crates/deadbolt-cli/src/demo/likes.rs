@@ -16,6 +16,7 @@ use tokio::sync::Barrier;
 use super::Mode;
 use super::db::Sql;
 use super::tally::Tally;
+use sqlx::SqlStr;
 
 /// How long a like waits for the lock (deadbolt's, and MySQL's `GET_LOCK`): long enough for a
 /// thousand likes to go through one at a time.
@@ -168,8 +169,14 @@ impl Likes {
             Mode::NoLock => self.like_without_lock(movie_id, user_id).await,
             Mode::LockInsideTx => self.like_lock_inside_tx(movie_id, user_id).await,
             Mode::LockAroundTx => self.like(movie_id, user_id).await,
-            Mode::SelectForUpdate => self.like_select_for_update(movie_id, user_id).await,
-            Mode::PgAdvisoryLock => self.like_pg_advisory_lock(movie_id, user_id).await,
+            Mode::SelectForUpdate => {
+                self.like_with_db_lock(&self.sql.lock_movie_row, movie_id, user_id)
+                    .await
+            }
+            Mode::PgAdvisoryLock => {
+                self.like_with_db_lock(&self.sql.advisory_lock, movie_id, user_id)
+                    .await
+            }
             Mode::MysqlNamedLock => self.like_mysql_named_lock(movie_id, user_id).await,
         }
     }
@@ -211,24 +218,17 @@ impl Likes {
         Ok(())
     }
 
-    /// `select-for-update` (Postgres, MariaDB): the movie's row lock, taken first in the
-    /// transaction and held until the commit.
-    async fn like_select_for_update(&self, movie_id: i64, user_id: i64) -> Result<(), LikeError> {
+    /// `select-for-update` (Postgres, MariaDB: the movie's row lock) and `pg-advisory-lock`
+    /// (Postgres: `pg_advisory_xact_lock(movie_id)`): the database's lock, taken first in the
+    /// transaction with `lock_sql` and held until the commit.
+    async fn like_with_db_lock(
+        &self,
+        lock_sql: &SqlStr,
+        movie_id: i64,
+        user_id: i64,
+    ) -> Result<(), LikeError> {
         let mut tx = self.db.begin().await?;
-        sqlx::query(self.sql.lock_movie_row.clone())
-            .bind(movie_id)
-            .execute(&mut *tx)
-            .await?;
-        like_in_tx(&mut tx, &self.sql, self.think, movie_id, user_id).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// `pg-advisory-lock` (Postgres): `pg_advisory_xact_lock(movie_id)` first in the
-    /// transaction; Postgres releases it at commit.
-    async fn like_pg_advisory_lock(&self, movie_id: i64, user_id: i64) -> Result<(), LikeError> {
-        let mut tx = self.db.begin().await?;
-        sqlx::query(self.sql.advisory_lock.clone())
+        sqlx::query(lock_sql.clone())
             .bind(movie_id)
             .execute(&mut *tx)
             .await?;
