@@ -69,10 +69,47 @@ pub enum Error {
         source: redis::RedisError,
     },
 
+    /// Redis did not answer (refused, reset, or silent) for as long as the caller allowed: the
+    /// whole wait of an `acquire`, with retries. Unlike [`Error::Timeout`], nothing says the lock
+    /// is held; the server is the problem. The source is the last error seen.
+    #[error("redis at {addr} is unavailable")]
+    Unavailable {
+        /// The server address, without credentials.
+        addr: String,
+        /// The last error seen.
+        #[source]
+        source: redis::RedisError,
+    },
+
     /// A Redis command failed or timed out. When a command times out, Redis may still have run
     /// it; the lock's scripts are written so that retrying or releasing stays correct.
     #[error("redis command failed")]
     Redis(#[source] redis::RedisError),
+}
+
+/// Why a held lock was lost, from [`LockScope::lost_reason`](crate::LockScope::lost_reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LostReason {
+    /// A renewal or `extend` found the lock key gone: the lease ran out, the key was deleted,
+    /// or Redis restarted without persistence.
+    Expired,
+    /// A renewal or `extend` found another owner's token in the lock key: the lease ran out and
+    /// someone else took the lock.
+    Taken,
+    /// The lock's validity passed without a successful renewal: Redis did not answer in time
+    /// (down, partitioned, paused), or this process was paused.
+    NotRenewed,
+}
+
+impl std::fmt::Display for LostReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LostReason::Expired => "its lease had expired",
+            LostReason::Taken => "another owner has taken it",
+            LostReason::NotRenewed => "it could not be renewed in time",
+        })
+    }
 }
 
 impl Error {
@@ -90,10 +127,18 @@ impl Error {
 
     /// A command got no reply in time. Redis may still have run it.
     pub(crate) fn no_reply() -> Error {
-        Error::Redis(redis::RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "no reply within the command timeout",
-        )))
+        Error::Redis(no_reply_error())
+    }
+
+    /// Whether this is a connection-level failure (refused, reset, dropped, timed out) that a
+    /// retry after a reconnect may cure, as opposed to Redis refusing the command itself.
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            Error::Redis(e)
+            | Error::Connect { source: e, .. }
+            | Error::Unavailable { source: e, .. } => is_transient(e),
+            _ => false,
+        }
     }
 
     /// Maps a Redis error from a command on `key`, telling a wrong-type key apart. Our scripts
@@ -115,4 +160,24 @@ impl From<redis::RedisError> for Error {
     fn from(err: redis::RedisError) -> Self {
         Error::Redis(err)
     }
+}
+
+/// The error of a command that got no reply within the command timeout.
+pub(crate) fn no_reply_error() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no reply within the command timeout",
+    ))
+}
+
+/// Whether a Redis error is about the connection rather than the command: worth a retry.
+pub(crate) fn is_transient(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.code(),
+            Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN")
+        )
 }

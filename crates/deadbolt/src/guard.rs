@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::{Instant, timeout};
 
 use crate::client::Client;
-use crate::error::{Error, Result};
+use crate::error::{Error, LostReason, Result};
 use crate::key::LockKeys;
 use crate::options::Lease;
 use crate::scope::LockScope;
@@ -117,8 +117,12 @@ impl LockGuard {
         let codes = timeout(self.client.inner.command_timeout, call)
             .await
             .map_err(|_| Error::no_reply())??;
-        if codes.first() != Some(&1) {
-            self.scope.held.mark_lost();
+        if let Some(&code) = codes.first().filter(|&&c| c != 1) {
+            self.scope.held.mark_lost(if code == 0 {
+                LostReason::Expired
+            } else {
+                LostReason::Taken
+            });
             return Err(self.lost_error());
         }
         self.scope.held.renewed(generation, sent, by);

@@ -78,7 +78,7 @@ mod waiters;
 mod watchdog;
 
 pub use client::{Client, ClientBuilder, LockInfo};
-pub use error::{Error, Result};
+pub use error::{Error, LostReason, Result};
 pub use guard::{LockGuard, ReleaseOutcome};
 pub use mutex::LockBuilder;
 pub use options::{

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Client;
-use crate::error::Error;
+use crate::error::{Error, LostReason};
 use crate::guard::ReleaseOutcome;
 use crate::options::LockOptions;
 use crate::watchdog::Held;
@@ -74,6 +74,11 @@ impl LockScope {
     /// ```
     pub async fn lost(&self) {
         self.held.lost().await
+    }
+
+    /// Why the lock was lost, once [`LockScope::lost`] has fired; `None` while it is held.
+    pub fn lost_reason(&self) -> Option<LostReason> {
+        self.held.lost_reason()
     }
 
     /// A token cancelled when the watchdog finds the lock lost, to hand to spawned tasks.

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
+use crate::error::LostReason;
 use crate::options::{Lease, drift};
 use crate::queue::Ticket;
 use crate::scripts::RENEW;
@@ -36,6 +37,8 @@ pub(crate) struct Held {
     valid_until: Mutex<(Instant, u64)>,
     /// Cancelled when the lock is lost.
     pub(crate) lost: CancellationToken,
+    /// Why it was lost; set once, before `lost` is cancelled.
+    reason: std::sync::OnceLock<LostReason>,
     /// The holder's place in its client's local line. It is given up when the lock is released
     /// or lost, so a holder stuck past its lease does not block its own process's other tasks
     /// longer than it blocks other processes.
@@ -47,12 +50,14 @@ impl Held {
         Held {
             valid_until: Mutex::new((valid_until, 0)),
             lost: CancellationToken::new(),
+            reason: std::sync::OnceLock::new(),
             ticket: Mutex::new(Some(ticket)),
         }
     }
 
-    /// Fires the lost signal and lets the next local task in.
-    pub(crate) fn mark_lost(&self) {
+    /// Fires the lost signal and lets the next local task in. The first reason given sticks.
+    pub(crate) fn mark_lost(&self, reason: LostReason) {
+        let _ = self.reason.set(reason);
         self.lost.cancel();
         self.take_ticket();
     }
@@ -60,6 +65,11 @@ impl Held {
     /// Gives up the place in the local line (after a release, or when lost).
     pub(crate) fn take_ticket(&self) -> Option<Ticket> {
         self.ticket.lock().unwrap().take()
+    }
+
+    /// Why the lock was lost, once it was.
+    pub(crate) fn lost_reason(&self) -> Option<LostReason> {
+        self.reason.get().copied()
     }
 
     pub(crate) fn valid_until(&self) -> Instant {
@@ -99,7 +109,7 @@ impl Held {
                 _ = sleep_until(until) => {
                     // A renewal may have moved the deadline while we slept.
                     if Instant::now() >= self.valid_until() {
-                        self.mark_lost();
+                        self.mark_lost(LostReason::NotRenewed);
                         return;
                     }
                 }
@@ -292,7 +302,7 @@ fn expire(shared: &Shared, now: Instant) {
         let alive = e.held.valid_until() > now;
         if !alive {
             tracing::warn!(lock = %e.name, "lock lost: validity passed without a successful renewal");
-            e.held.mark_lost();
+            e.held.mark_lost(LostReason::NotRenewed);
         }
         alive
     });
@@ -363,13 +373,13 @@ async fn renew(
                 }
                 // Released meanwhile? Then the entry is gone and there is nothing to report.
                 if entries.map.remove(&d.id).is_some() {
-                    let why = if code == 0 {
-                        "expired"
+                    let reason = if code == 0 {
+                        LostReason::Expired
                     } else {
-                        "taken by another owner"
+                        LostReason::Taken
                     };
-                    tracing::warn!(key = %d.key, "lock lost: renewal found it {why}");
-                    d.held.mark_lost();
+                    tracing::warn!(key = %d.key, "lock lost: {reason}");
+                    d.held.mark_lost(reason);
                 }
             }
         }
