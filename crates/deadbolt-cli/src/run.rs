@@ -64,13 +64,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .key_prefix(&args.key_prefix)
         .connect()
         .await?;
-    let guard = match client
+    let mut builder = client
         .lock(args.key.as_str())
         .wait(args.wait)
-        .watchdog(args.lease)
-        .acquire()
-        .await
-    {
+        .watchdog(args.lease);
+    if args.fence_env.is_some() {
+        // Minted with the acquisition: the command gets it without another round trip.
+        builder = builder.fenced();
+    }
+    let guard = match builder.acquire().await {
         Ok(guard) => guard,
         Err(err @ Error::Timeout { .. }) => {
             eprintln!("deadbolt: {err}");
@@ -82,7 +84,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut command = Command::new(&args.command[0]);
     command.args(&args.command[1..]);
     if let Some(var) = &args.fence_env {
-        command.env(var, guard.fencing_token().to_string());
+        command.env(var, guard.fencing_token().await?.to_string());
     }
     let mut child = match command.spawn() {
         Ok(child) => child,
