@@ -64,14 +64,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .key_prefix(&args.key_prefix)
         .connect()
         .await?;
-    let mut builder = client
+    // Fenced: every run gets a token (shown by `status`, passed with --fence-env) at no extra
+    // round trip.
+    let builder = client
         .lock(args.key.as_str())
         .wait(args.wait)
-        .watchdog(args.lease);
-    if args.fence_env.is_some() {
-        // Minted with the acquisition: the command gets it without another round trip.
-        builder = builder.fenced();
-    }
+        .watchdog(args.lease)
+        .fenced();
     let guard = match builder.acquire().await {
         Ok(guard) => guard,
         Err(err @ Error::Timeout { .. }) => {
