@@ -163,7 +163,8 @@ impl Client {
     }
 
     /// A connection for commands of your own on the same server (the scripts of
-    /// [`fence`](crate::fence), inspection, tests).
+    /// [`fence`](crate::fence), inspection, tests). It reconnects by itself; its commands have
+    /// no response timeout of their own, so bound them with `tokio::time::timeout`.
     pub fn connection(&self) -> ConnectionManager {
         self.inner.conn.get()
     }
@@ -293,9 +294,11 @@ impl ClientBuilder {
         };
         drop(conn);
 
+        // No response timeout in the manager: every command deadbolt sends has its own bound
+        // (a second timer per command would only cost time).
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.command_timeout))
+            .set_response_timeout(None)
             // Reconnect attempts after a drop come at most this far apart: a restarted Redis
             // is found again (and every held lock checked) within about this long.
             .set_max_delay(Duration::from_millis(500))
