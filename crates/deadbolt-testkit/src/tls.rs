@@ -51,11 +51,18 @@ pub(crate) fn generate(dir: &Path) -> io::Result<TlsFiles> {
         path("ca.srl"),
     );
 
-    // The CA: self-signed, allowed to sign certificates and nothing else.
+    // The CA: self-signed, allowed to sign certificates and nothing else. Its name is unique
+    // (the directory's), as real CAs' are: a client that trusts another CA of the same name
+    // would report a bad signature instead of an unknown issuer.
+    let subject = format!(
+        "/CN=deadbolt-testkit CA {}",
+        dir.file_name().unwrap_or_default().to_string_lossy()
+    );
     openssl(|c| {
         c.args(["req", "-x509", "-new", "-nodes", "-days", VALID_DAYS])
             .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
-            .args(["-subj", "/CN=deadbolt-testkit CA"])
+            .arg("-subj")
+            .arg(&subject)
             .args(["-addext", "basicConstraints=critical,CA:TRUE"])
             .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
             .arg("-keyout")

@@ -58,6 +58,8 @@ pub struct ClientBuilder {
     command_timeout: Duration,
     connect_timeout: Duration,
     fence_ttl: Duration,
+    #[cfg(feature = "tls")]
+    pub(crate) tls_root_cert: Option<crate::tls::RootCert>,
 }
 
 impl Client {
@@ -86,6 +88,8 @@ impl Client {
             command_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             fence_ttl: Duration::from_secs(7 * 24 * 60 * 60),
+            #[cfg(feature = "tls")]
+            tls_root_cert: None,
         }
     }
 
@@ -201,6 +205,14 @@ impl ClientBuilder {
     ///
     /// Cancel safe.
     pub async fn connect(self) -> Result<Client> {
+        #[cfg(feature = "tls")]
+        if self
+            .url
+            .get(..9)
+            .is_some_and(|s| s.eq_ignore_ascii_case("rediss://"))
+        {
+            crate::tls::ensure_crypto_provider();
+        }
         key::validate_prefix(&self.prefix)?;
         for (what, d) in [
             ("command timeout", self.command_timeout),
@@ -223,6 +235,9 @@ impl ClientBuilder {
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
         let info = info.set_redis_settings(redis_settings);
+        #[cfg(feature = "tls")]
+        let client = crate::tls::open_client(info, self.tls_root_cert)?;
+        #[cfg(not(feature = "tls"))]
         let client =
             redis::Client::open(info).map_err(|e| Error::invalid("redis url", e.to_string()))?;
         let connect_err = |source| Error::Connect {

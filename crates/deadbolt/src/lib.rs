@@ -74,6 +74,8 @@ mod options;
 mod queue;
 mod scope;
 mod scripts;
+#[cfg(feature = "tls")]
+mod tls;
 mod waiters;
 mod watchdog;
 
