@@ -10,36 +10,15 @@
 //! # How it works
 //!
 //! Plain threads and blocking sockets, no async runtime, so sync tests and tokio tests alike
-//! can use it. One thread accepts; each connection gets, per direction, a reader that stamps
-//! every chunk with the time it may leave (now + delay) and a writer that sends the chunks in
-//! order once due. Nothing polls: readers block in `read` and are woken by `shutdown`, writers
-//! wait on a condition variable. Dropping the proxy closes every socket and waits for its
-//! threads to let go of them.
-//!
-//! # Example
-//!
-//! ```no_run
-//! use std::time::Duration;
-//! use deadbolt_testkit::{FaultProxy, RedisServer};
-//!
-//! let server = RedisServer::start()?;
-//! let proxy = FaultProxy::start(&server)?;
-//! let client = redis::Client::open(proxy.url())?; // redis://127.0.0.1:PROXY_PORT
-//! let mut conn = client.get_connection()?;
-//!
-//! proxy.delay(Duration::from_millis(100)); // every PING now takes ≥ 200 ms
-//! redis::cmd("PING").exec(&mut conn)?;
-//! proxy.blackhole(); // the next PING gets no answer, and no error either
-//! proxy.heal();
-//! assert_eq!(proxy.accepted(), 1);
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
+//! can use it. One thread accepts; each connection gets a reader and a writer thread per
+//! direction ([`conn`]). Nothing polls: readers block in `read` and are woken by `shutdown`,
+//! writers wait on a condition variable. Dropping the proxy closes every socket and waits for
+//! its threads to let go of them.
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::io;
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -48,17 +27,16 @@ use socket2::{Domain, SockRef, Socket, Type};
 
 use crate::RedisServer;
 
-/// How long connecting to the upstream may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Write timeout, so a writer stuck on a peer that does not read notices an abort.
-const WRITE_POLL: Duration = Duration::from_millis(100);
+mod conn;
+
+use conn::{Conn, open};
+
 /// How long `reset`, `heal` and `Drop` wait for closed connections to let go of their sockets.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
-/// Read buffer size per direction.
-const CHUNK: usize = 16 * 1024;
 
 /// A TCP proxy on a free 127.0.0.1 port that forwards to one upstream address and injects
-/// faults on command; see the [module docs](self) for why it exists.
+/// network faults on command: latency, a silent blackhole, resets, refused connects. It stands
+/// in for `netem` and toxiproxy, which this machine lacks, and needs no root.
 ///
 /// Every control method takes `&self` and is quick, so a test may call it from any thread or
 /// task while traffic flows. Faults apply to existing and new connections alike:
@@ -70,6 +48,46 @@ const CHUNK: usize = 16 * 1024;
 /// | [`reset`](Self::reset) | every open connection gets an RST, now |
 /// | [`refuse`](Self::refuse) / [`accept`](Self::accept) | new connects are refused / accepted |
 /// | [`heal`](Self::heal) | back to pass-through, accepting |
+///
+/// # Example
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use deadbolt_testkit::{FaultProxy, RedisServer};
+///
+/// let server = RedisServer::start()?;
+/// let proxy = FaultProxy::start(&server)?;
+/// let client = redis::Client::open(proxy.url())?; // redis://127.0.0.1:PROXY_PORT
+/// let mut conn = client.get_connection()?;
+///
+/// proxy.delay(Duration::from_millis(100)); // every PING now takes ≥ 200 ms
+/// redis::cmd("PING").exec(&mut conn)?;
+/// proxy.blackhole(); // the next PING gets no answer, and no error either
+/// proxy.heal();
+/// assert_eq!(proxy.accepted(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # In a tokio test
+///
+/// Start the proxy, hand [`FaultProxy::url`] to the client under test, and call the control
+/// methods straight from the async test body: they return at once, except
+/// [`reset`](FaultProxy::reset), [`heal`](FaultProxy::heal) and `Drop`, which wait until the
+/// connections they close have let go of their sockets (a few milliseconds, 2 s at most) so
+/// that the next assertion sees them closed. deadbolt's `tests/tls.rs` has such a test.
+///
+/// ```ignore
+/// #[tokio::test]
+/// async fn a_lock_survives_a_reset() {
+///     let server = RedisServer::start().unwrap();
+///     let proxy = FaultProxy::start(&server).unwrap();
+///     let locks = deadbolt::Client::connect(&proxy.url()).await.unwrap();
+///     let connections = proxy.accepted();
+///     proxy.reset();
+///     // … the next commands fail or wait while the client reconnects …
+///     assert!(proxy.accepted() > connections, "the client reconnected");
+/// }
+/// ```
 pub struct FaultProxy {
     shared: Arc<Shared>,
     addr: SocketAddr,
@@ -91,16 +109,20 @@ struct Shared {
     open: AtomicUsize,
 }
 
+/// What the control methods change, behind `Shared::state`.
 struct State {
     mode: Mode,
     /// `None` while refusing.
     listener: Option<Arc<TcpListener>>,
     /// While refusing: a bound, non-listening socket that keeps the port ours.
     placeholder: Option<Socket>,
+    /// Every connection opened so far; the dead ones are pruned on each accept.
     conns: Vec<Weak<Conn>>,
+    /// Set by `Drop`: the acceptor exits, and connections accepted meanwhile are reset.
     shut_down: bool,
 }
 
+/// How bytes are forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     PassThrough,
@@ -175,7 +197,8 @@ impl FaultProxy {
 
     /// Forwards every chunk `d` after it arrived, in both directions and in order, so a
     /// request/reply round trip takes at least `2 * d` longer. `Duration::ZERO` is
-    /// pass-through. Ends a blackhole like [`heal`](Self::heal) does.
+    /// pass-through. Ending a [`blackhole`](Self::blackhole) this way resets the connections
+    /// that lost bytes, as [`heal`](Self::heal) does.
     pub fn delay(&self, d: Duration) {
         self.set_mode(if d.is_zero() {
             Mode::PassThrough
@@ -373,212 +396,6 @@ fn accept_loop(shared: &Arc<Shared>) {
                     thread::sleep(Duration::from_millis(10));
                 }
             }
-        }
-    }
-}
-
-/// Connects `client` to the upstream and starts its four threads.
-fn open(shared: &Arc<Shared>, client: TcpStream) {
-    shared.accepted.fetch_add(1, Ordering::SeqCst);
-    let Ok(upstream) = TcpStream::connect_timeout(&shared.upstream, CONNECT_TIMEOUT) else {
-        // As a load balancer with no backend would: reset the client.
-        let _ = SockRef::from(&client).set_linger(Some(Duration::ZERO));
-        return;
-    };
-    for s in [&client, &upstream] {
-        // Nagle plus delayed ACKs would add 40 ms to small writes and blur the delays.
-        let _ = s.set_nodelay(true);
-        let _ = s.set_write_timeout(Some(WRITE_POLL));
-    }
-    shared.open.fetch_add(1, Ordering::SeqCst);
-    let conn = Arc::new(Conn {
-        shared: Arc::clone(shared),
-        client,
-        upstream,
-        lines: [Line::default(), Line::default()],
-        lost_bytes: AtomicBool::new(false),
-        aborted: AtomicBool::new(false),
-    });
-    {
-        let mut st = shared.lock();
-        st.conns.retain(|c| c.strong_count() > 0);
-        st.conns.push(Arc::downgrade(&conn));
-        if st.shut_down {
-            conn.abort();
-        }
-    }
-    for dir in [Dir::ToUpstream, Dir::ToClient] {
-        for (role, body) in [("read", read_loop as fn(&Conn, Dir)), ("write", write_loop)] {
-            let ours = Arc::clone(&conn);
-            let spawned = thread::Builder::new()
-                .name(format!("fault-proxy-{role}"))
-                .spawn(move || body(&ours, dir));
-            if spawned.is_err() {
-                // Out of threads: the connection cannot work, so reset it.
-                conn.abort();
-            }
-        }
-    }
-}
-
-/// One proxied connection; its threads hold it, the proxy only a `Weak`.
-struct Conn {
-    shared: Arc<Shared>,
-    client: TcpStream,
-    upstream: TcpStream,
-    /// Chunks in flight, indexed by [`Dir`].
-    lines: [Line; 2],
-    /// A blackhole swallowed some of its bytes.
-    lost_bytes: AtomicBool,
-    aborted: AtomicBool,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Dir {
-    ToUpstream = 0,
-    ToClient = 1,
-}
-
-impl Conn {
-    /// The (source, destination) sockets of `dir`.
-    fn ends(&self, dir: Dir) -> (&TcpStream, &TcpStream) {
-        match dir {
-            Dir::ToUpstream => (&self.client, &self.upstream),
-            Dir::ToClient => (&self.upstream, &self.client),
-        }
-    }
-
-    /// Makes both sockets send an RST when closed, and stops the threads, whose exit closes
-    /// the sockets.
-    fn abort(&self) {
-        if self.aborted.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        for line in &self.lines {
-            line.close();
-        }
-        for s in [&self.client, &self.upstream] {
-            let _ = SockRef::from(s).set_linger(Some(Duration::ZERO));
-            // Wakes a blocked reader and sends nothing (a write shutdown would send a FIN).
-            let _ = s.shutdown(Shutdown::Read);
-        }
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.shared.open.fetch_sub(1, Ordering::SeqCst);
-        let _guard = self.shared.closed_lock.lock();
-        self.shared.closed.notify_all();
-    }
-}
-
-/// Reads chunks and queues each with the time it may leave.
-fn read_loop(conn: &Conn, dir: Dir) {
-    let (mut from, _) = conn.ends(dir);
-    let line = &conn.lines[dir as usize];
-    let mut buf = vec![0; CHUNK];
-    loop {
-        let read = from.read(&mut buf);
-        let delay = match conn.shared.lock().mode {
-            Mode::Delay(d) => d,
-            Mode::PassThrough | Mode::Blackhole => Duration::ZERO,
-        };
-        let due = Instant::now() + delay;
-        match read {
-            Ok(0) => return line.push(due, None),
-            Ok(n) => line.push(due, Some(buf[..n].to_vec())),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            // A reset from either peer resets the other.
-            Err(_) => return conn.abort(),
-        }
-    }
-}
-
-/// Sends queued chunks when due, swallowing them during a blackhole; forwards end-of-stream
-/// as a write shutdown (FIN).
-fn write_loop(conn: &Conn, dir: Dir) {
-    let (_, mut to) = conn.ends(dir);
-    while let Some(chunk) = conn.lines[dir as usize].pop() {
-        {
-            let st = conn.shared.lock();
-            if st.mode == Mode::Blackhole {
-                conn.lost_bytes.store(true, Ordering::SeqCst);
-                if chunk.is_none() {
-                    return;
-                }
-                continue;
-            }
-        }
-        let Some(mut bytes) = chunk.as_deref() else {
-            if !conn.aborted.load(Ordering::SeqCst) {
-                let _ = to.shutdown(Shutdown::Write);
-            }
-            return;
-        };
-        while !bytes.is_empty() && !conn.aborted.load(Ordering::SeqCst) {
-            match to.write(bytes) {
-                Ok(0) => return conn.abort(),
-                Ok(n) => bytes = &bytes[n..],
-                // The write timeout: check for an abort, then try again.
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return conn.abort(),
-            }
-        }
-    }
-}
-
-/// The chunks of one direction in flight: `Some(bytes)`, or `None` for end-of-stream.
-#[derive(Default)]
-struct Line {
-    queue: Mutex<LineQueue>,
-    ready: Condvar,
-}
-
-#[derive(Default)]
-struct LineQueue {
-    chunks: VecDeque<(Instant, Option<Vec<u8>>)>,
-    closed: bool,
-}
-
-impl Line {
-    fn lock(&self) -> MutexGuard<'_, LineQueue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn push(&self, due: Instant, chunk: Option<Vec<u8>>) {
-        let mut q = self.lock();
-        if !q.closed {
-            q.chunks.push_back((due, chunk));
-            self.ready.notify_one();
-        }
-    }
-
-    /// Drops what is queued and makes `pop` return `None`.
-    fn close(&self) {
-        let mut q = self.lock();
-        q.closed = true;
-        q.chunks.clear();
-        self.ready.notify_all();
-    }
-
-    /// Waits for the next chunk to be due; `None` once closed.
-    fn pop(&self) -> Option<Option<Vec<u8>>> {
-        let mut q = self.lock();
-        loop {
-            if q.closed {
-                return None;
-            }
-            let now = Instant::now();
-            q = match q.chunks.front() {
-                Some(&(due, _)) if due <= now => return q.chunks.pop_front().map(|(_, c)| c),
-                Some(&(due, _)) => {
-                    let waited = self.ready.wait_timeout(q, due - now);
-                    waited.unwrap_or_else(PoisonError::into_inner).0
-                }
-                None => self.ready.wait(q).unwrap_or_else(PoisonError::into_inner),
-            };
         }
     }
 }
