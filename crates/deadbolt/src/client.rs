@@ -70,6 +70,8 @@ pub struct ClientBuilder {
     command_timeout: Duration,
     connect_timeout: Duration,
     fence_ttl: Duration,
+    #[cfg(feature = "tls")]
+    pub(crate) tls_root_cert: Option<crate::tls::RootCert>,
 }
 
 impl Client {
@@ -98,6 +100,8 @@ impl Client {
             command_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             fence_ttl: Duration::from_secs(7 * 24 * 60 * 60),
+            #[cfg(feature = "tls")]
+            tls_root_cert: None,
         }
     }
 
@@ -229,6 +233,14 @@ impl ClientBuilder {
     ///
     /// Cancel safe.
     pub async fn connect(self) -> Result<Client> {
+        #[cfg(feature = "tls")]
+        if self
+            .url
+            .get(..9)
+            .is_some_and(|s| s.eq_ignore_ascii_case("rediss://"))
+        {
+            crate::tls::ensure_crypto_provider();
+        }
         key::validate_prefix(&self.prefix)?;
         for (what, d) in [
             ("command timeout", self.command_timeout),
@@ -257,7 +269,8 @@ impl ClientBuilder {
             .set_redis_settings(redis_settings)
             .set_tcp_settings(tcp_settings());
         #[cfg(feature = "tls")]
-        crate::tls::ensure_crypto_provider();
+        let client = crate::tls::open_client(info, self.tls_root_cert)?;
+        #[cfg(not(feature = "tls"))]
         let client =
             redis::Client::open(info).map_err(|e| Error::invalid("redis url", e.to_string()))?;
         let connect_err = |source| Error::Connect {
