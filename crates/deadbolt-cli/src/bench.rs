@@ -12,7 +12,8 @@
 //! - **`W1`**: the library's overhead. `--workers` workers, each on its own lock (`w1:{i}`), loop
 //!   acquire (fixed 30 s lease) → release through one shared [`deadbolt::Client`]. There is no
 //!   contention, so `W1 / floor` is the price of fencing tokens, release notifications and the
-//!   client's bookkeeping. Floor and W1 run interleaved in `--rounds` rounds (alternating which
+//!   client's bookkeeping. With `--fenced`, each W1 acquisition is fenced and its token read.
+//!   Floor and W1 run interleaved in `--rounds` rounds (alternating which
 //!   goes first) and report the median ops/s of the rounds, so a noisy second does not decide the
 //!   ratio.
 //! - **`W2`**: contention and correctness. `--w2-workers` workers fight for one lock (`w2`, fixed
@@ -122,6 +123,11 @@ pub(crate) struct Args {
     #[arg(long, value_name = "R", default_value_t = 3)]
     rounds: usize,
 
+    /// W1 takes fenced locks and reads each one's fencing token (minted with the acquisition),
+    /// to measure what fencing costs over the floor
+    #[arg(long)]
+    fenced: bool,
+
     /// Print one JSON object per workload per line instead of the table
     #[arg(long)]
     json: bool,
@@ -166,6 +172,8 @@ pub(crate) struct Plan {
     pub(crate) stop: Stop,
     /// Rounds of floor and W1.
     pub(crate) rounds: usize,
+    /// Whether W1's locks are fenced.
+    pub(crate) fenced: bool,
 }
 
 impl Plan {
@@ -223,6 +231,7 @@ impl Plan {
             hold: args.hold,
             stop,
             rounds: args.rounds,
+            fenced: args.fenced,
         })
     }
 
@@ -308,7 +317,7 @@ impl Bench {
             None
         };
         let w1 = if plan.has(Workload::W1) {
-            let w1 = W1::new(w1_client, plan.workers);
+            let w1 = W1::new(w1_client, plan.workers, plan.fenced);
             for name in w1.names() {
                 lock_keys(&w1.client, name, &mut keys)?;
             }

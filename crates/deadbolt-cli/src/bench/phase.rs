@@ -138,14 +138,17 @@ pub(crate) struct W1 {
     pub(crate) client: Client,
     /// One lock name per worker.
     names: Arc<Vec<String>>,
+    /// Fenced acquisitions, whose tokens are read.
+    fenced: bool,
 }
 
 impl W1 {
     /// W1 with `workers` workers on `client`.
-    pub(crate) fn new(client: Client, workers: usize) -> W1 {
+    pub(crate) fn new(client: Client, workers: usize, fenced: bool) -> W1 {
         W1 {
             client,
             names: Arc::new((0..workers).map(|i| format!("w1:{i}")).collect()),
+            fenced,
         }
     }
 
@@ -348,8 +351,9 @@ pub(crate) async fn run_phase(work: &Work, stop: Stop) -> anyhow::Result<Phase> 
         Work::W1(w1) => {
             for (i, name) in w1.names.iter().enumerate() {
                 let (client, name, budget) = (w1.client.clone(), name.clone(), budget.clone());
+                let fenced = w1.fenced;
                 workers.spawn(async move {
-                    let phase = lock_worker(client, name, W1_LEASE, None, budget).await;
+                    let phase = lock_worker(client, name, W1_LEASE, fenced, None, budget).await;
                     (i, phase)
                 });
             }
@@ -366,7 +370,8 @@ pub(crate) async fn run_phase(work: &Work, stop: Stop) -> anyhow::Result<Phase> 
                 let budget = budget.clone();
                 workers.spawn(async move {
                     let name = W2_LOCK.to_owned();
-                    let phase = lock_worker(client, name, W2_LEASE, Some(section), budget).await;
+                    let phase =
+                        lock_worker(client, name, W2_LEASE, false, Some(section), budget).await;
                     (i, phase)
                 });
             }
@@ -494,18 +499,22 @@ async fn lock_worker(
     client: Client,
     name: String,
     lease: Duration,
+    fenced: bool,
     mut section: Option<Section>,
     budget: Arc<Budget>,
 ) -> Phase {
     let mut phase = Phase::empty();
     while budget.next() {
         let start = Instant::now();
-        let acquired = client
-            .lock(name.as_str())
-            .wait(WAIT)
-            .lease(lease)
-            .acquire()
-            .await;
+        let builder = client.lock(name.as_str()).wait(WAIT).lease(lease);
+        let acquired = if fenced {
+            match builder.fenced().acquire().await {
+                Ok(guard) => guard.fencing_token().await.map(|_| guard),
+                Err(err) => Err(err),
+            }
+        } else {
+            builder.acquire().await
+        };
         let guard = match acquired {
             Ok(guard) => guard,
             Err(err) => {
