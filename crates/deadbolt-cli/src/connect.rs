@@ -230,7 +230,7 @@ pub(crate) fn redact(url: &str) -> String {
 /// # Errors
 ///
 /// Redis failed or did not answer within [`REPLY_TIMEOUT`].
-pub(crate) async fn key_type(client: &Client, key: &str) -> anyhow::Result<String> {
+async fn key_type(client: &Client, key: &str) -> anyhow::Result<String> {
     let mut conn = client.connection();
     let mut cmd = redis::cmd("TYPE");
     cmd.arg(key);
@@ -242,7 +242,7 @@ pub(crate) async fn key_type(client: &Client, key: &str) -> anyhow::Result<Strin
 }
 
 /// The error for a lock key that holds a value of another type: someone else uses that key.
-pub(crate) fn wrong_type(key: &str, kind: Option<&str>) -> anyhow::Error {
+fn wrong_type(key: &str, kind: Option<&str>) -> anyhow::Error {
     let holds = match kind {
         Some(kind) => format!("holds a {kind}"),
         None => "holds a value of another type".to_owned(),

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Bad options or values, whether clap or deadbolt found them (`EX_USAGE` is 64, but clap and
 /// most tools use 2).
@@ -19,6 +20,21 @@ pub(crate) const EXIT_NOT_ACQUIRED: u8 = 75;
 pub(crate) const EXIT_LOCK_LOST: u8 = 76;
 /// Interrupted by SIGINT (Ctrl-C), after cleaning up: 128 + 2, as a shell reports it.
 pub(crate) const EXIT_INTERRUPTED: u8 = 130;
+
+/// Set when work that holds lock state was dropped rather than finished (see [`abandoned`]).
+static ABANDONED: AtomicBool = AtomicBool::new(false);
+
+/// Records that a command dropped an acquisition or a guard midway (a signal while waiting, an
+/// error): the library then releases in the background, and `main` must give that time to land
+/// before the runtime shuts down. `main` assumes as much after any error.
+pub(crate) fn abandoned() {
+    ABANDONED.store(true, Ordering::Relaxed);
+}
+
+/// Whether [`abandoned`] was called.
+pub(crate) fn was_abandoned() -> bool {
+    ABANDONED.load(Ordering::Relaxed)
+}
 
 /// A usage error found after parsing (a value out of range, a malformed URL): exit 2.
 #[derive(Debug)]

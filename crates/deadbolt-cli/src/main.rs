@@ -25,8 +25,12 @@ mod human;
 mod run;
 mod status;
 
-/// How long, at most, clean-ups the library left running may take before the process exits.
+/// How long, at most, clean-ups the library left running may take before the process exits,
+/// after a command dropped lock state midway (an error, a signal).
 const DRAIN: Duration = Duration::from_secs(2);
+/// How long a command that finished everything it started still lets stray clean-ups run:
+/// enough for a release on a nearby server, short enough not to be noticed.
+const SETTLE: Duration = Duration::from_millis(20);
 
 /// Distributed locks on Redis, from the shell.
 #[derive(Debug, Parser)]
@@ -86,9 +90,16 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
         };
         // Every client is dropped by now, but clean-ups it spawned may still be on their way to
-        // Redis: a release after an acquire abandoned at the deadline, a dropped guard's
-        // release. A runtime shutting down cancels its tasks, so let them land first.
-        drain_tasks(DRAIN).await;
+        // Redis: the release of an acquisition abandoned on a signal, a dropped guard's release.
+        // A runtime shutting down cancels its tasks, so let them land first. (The wait ends as
+        // soon as no task is left; a client's idle heartbeat can outlive it by up to a second,
+        // which is why a clean exit does not wait for the full limit.)
+        let limit = if result.is_err() || exit::was_abandoned() {
+            DRAIN
+        } else {
+            SETTLE
+        };
+        drain_tasks(limit).await;
         result
     });
     runtime.shutdown_timeout(Duration::from_millis(100));

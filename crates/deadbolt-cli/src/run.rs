@@ -85,10 +85,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let redis = args.redis.resolve()?;
     let waiting = async {
         let client = redis.client(&args.key_prefix).await?;
+        // Fenced: every run gets a token (shown by `status`, passed with --fence-env) at no
+        // extra round trip.
         let acquire = client
             .lock(args.key.as_str())
             .wait(args.wait)
             .watchdog(args.lease)
+            .fenced()
             .acquire()
             .await;
         match acquire {
@@ -111,6 +114,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             None => return Ok(ExitCode::from(args.conflict_exit_code)),
         },
         sig = signals.recv() => {
+            // The acquisition in flight is dropped: its clean-up runs in the background.
+            crate::exit::abandoned();
             eprintln!(
                 "deadbolt: {} while waiting for lock `{}`; the command was not run",
                 sig.as_str(),
@@ -120,10 +125,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
 
-    let env = args
-        .fence_env
-        .as_deref()
-        .map(|var| (var, guard.fencing_token().to_string()));
+    let env = match args.fence_env.as_deref() {
+        // Minted with the acquisition: no round trip, and it cannot fail but on a lost lock.
+        Some(var) => match guard.fencing_token().await {
+            Ok(token) => Some((var, token.to_string())),
+            Err(err) => {
+                let _ = guard.release().await;
+                return Err(redis.explain(err));
+            }
+        },
+        None => None,
+    };
     let mut command = match child::spawn(&args.command, env) {
         Ok(command) => command,
         Err(err) => {

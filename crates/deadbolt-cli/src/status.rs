@@ -37,16 +37,10 @@ async fn show(args: &Args) -> anyhow::Result<()> {
     let keys = client.keys(&args.name)?;
     let info = match client.inspect(&args.name).await {
         Ok(info) => info,
+        // A key of another type (a hash, a list) is not a lock without expiry: `run` cannot take
+        // it, and `status` says what it holds, as `run` does.
         Err(err) => return Err(connect::explain_on(&redis, &client, err).await),
     };
-    if info.locked {
-        // A key of another type (a hash, a list) answers PTTL like a lock without expiry, but
-        // `run` cannot take it: say what it is, as `run` does.
-        let kind = connect::key_type(&client, &keys.lock).await?;
-        if kind != "string" && kind != "none" {
-            return Err(connect::wrong_type(&keys.lock, Some(&kind)));
-        }
-    }
     if args.json {
         let value = serde_json::json!({
             "name": args.name,

@@ -87,7 +87,7 @@ fn wait_with_limit(child: Child, limit: Duration) -> Output {
     }
 }
 
-/// Every key of `server` that holds a deadbolt owner token (32 hex digits), with its value.
+/// Every key of `server` that holds a deadbolt owner token (`dbt1-…`), with its value.
 fn token_keys(server: &RedisServer) -> Vec<(String, String)> {
     let mut conn = server.connection();
     server
@@ -100,8 +100,7 @@ fn token_keys(server: &RedisServer) -> Vec<(String, String)> {
             }
             let value: Option<String> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
             let value = value?;
-            let token = value.len() == 32 && value.bytes().all(|b| b.is_ascii_hexdigit());
-            token.then_some((key, value))
+            value.starts_with("dbt1-").then_some((key, value))
         })
         .collect()
 }
@@ -618,6 +617,32 @@ fn signals_to_deadbolt_reach_the_whole_group() {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(!is_locked(&server, "k"));
+    }
+}
+
+/// A signal while deadbolt still waits for the lock ends the wait with 128+N: the command does
+/// not run, and nothing of the abandoned attempt is left in Redis.
+#[test]
+fn a_signal_while_waiting_ends_the_wait_without_running_the_command() {
+    let server = RedisServer::start().unwrap();
+    let _: () = redis_cmd(&server, &["SET", "deadbolt:{k}", "peer"]);
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    for (signal, status) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
+        let child = run(&server, "k", &["--wait", "10s"], &["touch"])
+            .arg(&marker)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        kill(Pid::from_raw(child.id() as i32), signal).unwrap();
+        let out = wait_with_limit(child, Duration::from_secs(5));
+        assert_eq!(code(&out), status, "{signal}: {out:?}");
+        assert!(stderr(&out).contains("the command was not run"), "{out:?}");
+        assert!(!marker.exists());
+        let value: Option<String> = redis_cmd(&server, &["GET", "deadbolt:{k}"]);
+        assert_eq!(value.as_deref(), Some("peer"));
+        assert!(token_keys(&server).is_empty(), "{:?}", token_keys(&server));
     }
 }
 

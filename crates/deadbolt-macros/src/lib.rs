@@ -52,7 +52,7 @@ use proc_macro::TokenStream;
 ///     #[deadbolt::locked(key = "movie-likes:{movie_id}", client = self.locks, lease = "3s", guard = lock)]
 ///     async fn like(&self, movie_id: i64, user_id: i64) -> Result<(), LikeError> {
 ///         // The fencing token lets the database refuse a write from a holder that lost the lock.
-///         self.db.add_like(movie_id, user_id, lock.fencing_token()).await?;
+///         self.db.add_like(movie_id, user_id, lock.fencing_token().await?).await?;
 ///         Ok(())
 ///     }
 /// }

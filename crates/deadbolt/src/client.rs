@@ -5,13 +5,21 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, ConnectionInfo, IntoConnectionInfo, ProtocolVersion};
+use tokio::sync::Notify;
 
+use crate::conn::{Conn, PingOutcome, tcp_settings};
 use crate::error::{Error, Result};
 use crate::key::{self, DEFAULT_PREFIX, LockKeys};
 use crate::mutex::LockBuilder;
 use crate::queue::LocalQueue;
 use crate::waiters::Waiters;
 use crate::watchdog::Watchdog;
+
+/// How often each connection is pinged to find one that went silent (see `conn.rs`).
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The longest fence TTL accepted (one year): far beyond any lease, within what `PX` takes.
+pub const MAX_FENCE_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// A handle to one Redis server, from which locks are taken.
 ///
@@ -41,13 +49,17 @@ pub struct Client {
 
 #[derive(Debug)]
 pub(crate) struct Inner {
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: Conn,
+    /// The server address, without credentials, for errors.
+    pub(crate) addr: String,
     pub(crate) waiters: Waiters,
     pub(crate) watchdog: Watchdog,
     pub(crate) queue: LocalQueue,
     pub(crate) prefix: String,
     pub(crate) command_timeout: Duration,
     pub(crate) fence_ttl: Duration,
+    /// Woken when a connection dropped or was replaced.
+    disconnected: Arc<Notify>,
 }
 
 /// Settings for a [`Client`], from [`Client::builder`].
@@ -116,24 +128,36 @@ impl Client {
         Ok(self.inspect(name).await?.locked)
     }
 
-    /// What Redis knows of lock `name`: held or not, its remaining TTL, its last fencing token.
+    /// What Redis knows of lock `name`: held or not and by whom, its remaining TTL, its last
+    /// fencing token.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`] for an invalid name; [`Error::Redis`] when the command fails.
+    /// [`Error::InvalidArgument`] for an invalid name; [`Error::WrongType`] when the lock key
+    /// holds something else than a lock (another program uses it); [`Error::Redis`] when the
+    /// command fails.
     pub async fn inspect(&self, name: &str) -> Result<LockInfo> {
         let keys = self.keys(name)?;
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn.get();
         let mut pipe = redis::pipe();
-        pipe.pttl(&keys.lock).get(&keys.fence);
-        let (pttl, fence): (i64, Option<u64>) =
-            tokio::time::timeout(self.inner.command_timeout, pipe.query_async(&mut conn))
-                .await
-                .map_err(|_| Error::no_reply())?
-                .map_err(|e| Error::from_redis(e, &keys.fence))?;
+        pipe.pttl(&keys.lock).get(&keys.lock).get(&keys.fence);
+        let reply = tokio::time::timeout(
+            self.inner.command_timeout,
+            pipe.query_async::<(i64, Option<String>, Option<String>)>(&mut conn),
+        )
+        .await
+        .map_err(|_| Error::no_reply())?;
+        let (pttl, owner, fence) = reply.map_err(|e| Error::from_redis(e, &keys.lock))?;
+        let fence = match fence {
+            Some(f) => Some(f.parse().map_err(|_| Error::WrongType {
+                key: keys.fence.clone(),
+            })?),
+            None => None,
+        };
         Ok(LockInfo {
             locked: pttl != -2,
             ttl: u64::try_from(pttl).ok().map(Duration::from_millis),
+            owner,
             fence,
         })
     }
@@ -141,7 +165,7 @@ impl Client {
     /// A connection for commands of your own on the same server (the scripts of
     /// [`fence`](crate::fence), inspection, tests).
     pub fn connection(&self) -> ConnectionManager {
-        self.inner.conn.clone()
+        self.inner.conn.get()
     }
 }
 
@@ -158,6 +182,8 @@ pub struct LockInfo {
     pub locked: bool,
     /// Its remaining time to live; `None` when not locked or when the key has no expiry.
     pub ttl: Option<Duration>,
+    /// The holder's owner token: `dbt1-…` for a deadbolt client, anything else for a peer.
+    pub owner: Option<String>,
     /// The last fencing token issued for this name, if the counter still exists.
     pub fence: Option<u64>,
 }
@@ -182,7 +208,8 @@ impl ClientBuilder {
         self
     }
 
-    /// How long a lock's fencing counter outlives its last acquisition; the default is 7 days.
+    /// How long a lock's fencing counter outlives its last use; the default is 7 days, the
+    /// allowed range 1 s to [`MAX_FENCE_TTL`] (a year).
     /// After that the counter is gone and tokens continue from the server clock (see
     /// [`LockScope::fencing_token`](crate::LockScope::fencing_token)).
     pub fn fence_ttl(mut self, ttl: Duration) -> Self {
@@ -213,8 +240,11 @@ impl ClientBuilder {
                 ));
             }
         }
-        if self.fence_ttl < Duration::from_secs(1) {
-            return Err(Error::invalid("fence ttl", "must be at least 1s"));
+        if self.fence_ttl < Duration::from_secs(1) || self.fence_ttl > MAX_FENCE_TTL {
+            return Err(Error::invalid(
+                "fence ttl",
+                format!("{:?} is outside 1s to {MAX_FENCE_TTL:?}", self.fence_ttl),
+            ));
         }
         let info = parse_url(&self.url)?;
         let addr = info.addr().to_string();
@@ -222,7 +252,11 @@ impl ClientBuilder {
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let info = info.set_redis_settings(redis_settings);
+        let info = info
+            .set_redis_settings(redis_settings)
+            .set_tcp_settings(tcp_settings());
+        #[cfg(feature = "tls")]
+        crate::tls::ensure_crypto_provider();
         let client =
             redis::Client::open(info).map_err(|e| Error::invalid("redis url", e.to_string()))?;
         let connect_err = |source| Error::Connect {
@@ -235,40 +269,138 @@ impl ClientBuilder {
         let probe = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.command_timeout));
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&probe)
+        let mut conn = tokio::time::timeout(
+            self.connect_timeout + self.command_timeout,
+            client.get_multiplexed_async_connection_with_config(&probe),
+        )
+        .await
+        .map_err(|_| connect_err(crate::error::no_reply_error()))?
+        .map_err(connect_err)?;
+        check_server(&mut conn, &addr).await.map_err(|e| match e {
+            Error::Redis(source) => connect_err(source),
+            other => other,
+        })?;
+        // Whether this user may use deadbolt's channels: without rights, waiters re-check on a
+        // timer, and the operator should hear of it once, now.
+        let probe_channel = LockKeys::new(&self.prefix, "connect-check").channel;
+        let may_publish = match conn
+            .publish::<_, _, i64>(&probe_channel, "connect-check")
             .await
-            .map_err(connect_err)?;
-        let _: () = conn.ping().await.map_err(connect_err)?;
+        {
+            Ok(_) => true,
+            Err(e) if e.code() == Some("NOPERM") => false,
+            Err(e) => return Err(connect_err(e)),
+        };
         drop(conn);
 
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.command_timeout))
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_with_config(client.clone(), config.clone())
+            // Reconnect attempts after a drop come at most this far apart: a restarted Redis
+            // is found again (and every held lock checked) within about this long.
+            .set_max_delay(Duration::from_millis(500))
+            .set_number_of_retries(usize::MAX);
+        let conn = Conn::connect(client.clone(), config.clone())
             .await
             .map_err(connect_err)?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let pubsub = ConnectionManager::new_with_config(
+        let pubsub = Conn::connect(
             client,
             config.set_push_sender(tx).set_automatic_resubscription(),
         )
         .await
         .map_err(connect_err)?;
 
+        let disconnected = Arc::new(Notify::new());
+        let waiters = Waiters::new(
+            pubsub.clone(),
+            rx,
+            self.command_timeout,
+            disconnected.clone(),
+        );
+        if !may_publish {
+            tracing::warn!(
+                %addr,
+                "this redis user may not publish or subscribe to deadbolt's channels: waiters \
+                 will re-check every 100 ms instead of being woken by a release; grant them with \
+                 `ACL SETUSER <user> &{}:*`",
+                self.prefix
+            );
+            waiters.degrade();
+        }
+        let watchdog = Watchdog::start(conn.clone(), self.command_timeout, disconnected.clone());
         tracing::debug!(%addr, "connected");
-        Ok(Client {
-            inner: Arc::new(Inner {
-                watchdog: Watchdog::start(conn.clone(), self.command_timeout),
-                waiters: Waiters::new(pubsub, rx, self.command_timeout),
-                queue: LocalQueue::default(),
-                conn,
-                prefix: self.prefix,
-                command_timeout: self.command_timeout,
-                fence_ttl: self.fence_ttl,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            watchdog,
+            waiters,
+            queue: LocalQueue::default(),
+            conn,
+            addr,
+            prefix: self.prefix,
+            command_timeout: self.command_timeout,
+            fence_ttl: self.fence_ttl,
+            disconnected,
+        });
+        tokio::spawn(heartbeat(Arc::downgrade(&inner)));
+        Ok(Client { inner })
+    }
+}
+
+/// Checks that the server is a Redis 7 or later (`SET … NX GET` and sharded channels need it).
+async fn check_server(conn: &mut redis::aio::MultiplexedConnection, addr: &str) -> Result<()> {
+    let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("0")
+        .trim()
+        .to_owned();
+    let major: u32 = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if major < 7 {
+        return Err(Error::invalid(
+            "redis server",
+            format!("{addr} runs Redis {version}; deadbolt needs Redis 7.0 or later"),
+        ));
+    }
+    Ok(())
+}
+
+/// Pings every connection of a client each [`HEARTBEAT`]. One that stays silent for a command
+/// timeout is replaced (see `conn.rs`), and every held lock is then checked at once. Ends when
+/// the client is dropped.
+async fn heartbeat(client: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        let Some(inner) = client.upgrade() else {
+            return;
+        };
+        let limit = inner.command_timeout.min(HEARTBEAT);
+        let (commands, pubsub) = (inner.conn.clone(), inner.waiters.conn().clone());
+        // Not holding the client while waiting for replies: dropping it must end this task.
+        drop(inner);
+        let (c, p) = tokio::join!(commands.ping(limit), pubsub.ping(limit));
+        let Some(inner) = client.upgrade() else {
+            return;
+        };
+        if c == PingOutcome::Silent {
+            tracing::warn!(
+                "the command connection did not answer a ping within {limit:?}; reconnecting"
+            );
+            inner.conn.replace();
+            inner.disconnected.notify_one();
+        }
+        if p == PingOutcome::Silent {
+            tracing::warn!(
+                "the pub/sub connection did not answer a ping within {limit:?}; reconnecting"
+            );
+            pubsub.replace();
+            inner.waiters.resubscribe_all();
+            inner.disconnected.notify_one();
+        }
     }
 }
 
@@ -280,14 +412,21 @@ fn parse_url(url: &str) -> Result<ConnectionInfo> {
             "rediss:// (TLS) needs deadbolt's `tls` feature",
         ));
     }
+    const SCHEMES: &str = "redis://[USER][:PASSWORD@]HOST[:PORT][/DB], rediss:// (TLS) or \
+                           unix:///PATH/TO/SOCKET";
+    if !["redis://", "rediss://", "unix://", "redis+unix://"]
+        .iter()
+        .any(|s| url.starts_with(s))
+    {
+        return Err(Error::invalid(
+            "redis url",
+            format!("`{}`: expected {SCHEMES}", redact(url)),
+        ));
+    }
     url.into_connection_info().map_err(|e| {
         Error::invalid(
             "redis url",
-            format!(
-                "`{}` is not a valid redis url ({})",
-                redact(url),
-                e.kind_name()
-            ),
+            format!("`{}`: {}; expected {SCHEMES}", redact(url), e.kind_name()),
         )
     })
 }
@@ -295,7 +434,11 @@ fn parse_url(url: &str) -> Result<ConnectionInfo> {
 /// `url` with its password (if any) replaced by `***`.
 pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return "<unparsable>".to_owned();
+        // Not a URL at all: show it, unless it may hold a password.
+        return match url.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => url.to_owned(),
+        };
     };
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     match authority.rsplit_once('@') {
@@ -315,8 +458,8 @@ impl KindName for redis::RedisError {
     /// The error's kind and detail, which name what is wrong without echoing the URL.
     fn kind_name(&self) -> String {
         match self.detail() {
-            Some(detail) if !detail.contains('@') => format!("{:?}: {detail}", self.kind()),
-            _ => format!("{:?}", self.kind()),
+            Some(detail) if !detail.contains('@') => detail.to_owned(),
+            _ => "malformed".to_owned(),
         }
     }
 }
@@ -330,6 +473,7 @@ mod tests {
         assert_eq!(redact("redis://:hunter2@h:1/0"), "redis://:***@h:1/0");
         assert_eq!(redact("rediss://bob:pw@h"), "rediss://bob:***@h");
         assert_eq!(redact("redis://h:1"), "redis://h:1");
-        assert_eq!(redact("nonsense"), "<unparsable>");
+        assert_eq!(redact("nonsense"), "nonsense");
+        assert_eq!(redact("pw@host:1"), "***@host:1");
     }
 }

@@ -39,9 +39,10 @@ use crate::scripts::FENCED_SET;
 ///
 /// ```no_run
 /// # async fn demo(locks: deadbolt::Client) -> deadbolt::Result<()> {
-/// let guard = locks.lock("stock:17").acquire().await?;
+/// let guard = locks.lock("stock:17").fenced().acquire().await?;
 /// let mut store = locks.connection();
-/// if !deadbolt::fence::set_if_newer(&mut store, "stock:17:count", guard.fencing_token(), b"41").await? {
+/// let token = guard.fencing_token().await?;
+/// if !deadbolt::fence::set_if_newer(&mut store, "stock:17:count", token, b"41").await? {
 ///     // A newer holder has written: this one lost the lock while it worked.
 /// }
 /// guard.release().await?;

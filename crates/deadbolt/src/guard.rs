@@ -7,11 +7,11 @@ use tokio::time::{Instant, timeout};
 
 use crate::client::Client;
 use crate::error::{Error, LostReason, Result};
-use crate::key::LockKeys;
+use crate::held::Held;
 use crate::options::Lease;
+use crate::queue::Ticket;
 use crate::scope::LockScope;
 use crate::scripts::{self, RENEW};
-use crate::watchdog::Held;
 
 /// How a release ended. None of these is an error: after a lease ran out, "already expired" is
 /// a fact to report, not a reason to panic.
@@ -46,30 +46,16 @@ pub enum ReleaseOutcome {
 pub struct LockGuard {
     scope: LockScope,
     client: Client,
-    keys: LockKeys,
-    token: String,
     id: u64,
     lease: Lease,
     released: bool,
 }
 
 impl LockGuard {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        client: Client,
-        name: String,
-        keys: LockKeys,
-        token: String,
-        fence: u64,
-        held: Arc<Held>,
-        id: u64,
-        lease: Lease,
-    ) -> LockGuard {
+    pub(crate) fn new(client: Client, held: Arc<Held>, id: u64, lease: Lease) -> LockGuard {
         LockGuard {
-            scope: LockScope { name, fence, held },
+            scope: LockScope { held },
             client,
-            keys,
-            token,
             id,
             lease,
             released: false,
@@ -99,33 +85,34 @@ impl LockGuard {
             Lease::Renewed { .. } => Lease::renewed(by),
         };
         lease.validate()?;
-        if self.scope.held.lost.is_cancelled() {
+        let held = &self.scope.held;
+        if held.lost.is_cancelled() {
             return Err(self.lost_error());
         }
-        let mut conn = self.client.inner.conn.clone();
+        let mut conn = self.client.inner.conn.get();
         let sent = Instant::now();
         // Before sending: if the reply never comes, Redis may still have applied `by`, which
         // can be shorter than the old lease; and a renewal in flight must not overwrite it.
-        let generation = self.scope.held.begin_extend(sent, by);
+        let generation = held.begin_extend(sent, by);
         self.lease = lease;
         self.client.inner.watchdog.set_lease(self.id, lease, sent);
         let mut call = RENEW.prepare_invoke();
-        call.key(&self.keys.lock)
-            .arg(&self.token)
+        call.key(&held.keys.lock)
+            .arg(&held.token)
             .arg(by.as_millis() as u64);
         let call = call.invoke_async::<Vec<i64>>(&mut conn);
         let codes = timeout(self.client.inner.command_timeout, call)
             .await
             .map_err(|_| Error::no_reply())??;
         if let Some(&code) = codes.first().filter(|&&c| c != 1) {
-            self.scope.held.mark_lost(if code == 0 {
+            held.mark_lost(if code == 0 {
                 LostReason::Expired
             } else {
                 LostReason::Taken
             });
             return Err(self.lost_error());
         }
-        self.scope.held.renewed(generation, sent, by);
+        held.renewed(generation, sent, by);
         Ok(())
     }
 
@@ -138,37 +125,48 @@ impl LockGuard {
     ///
     /// # Cancel safety
     ///
-    /// If dropped before it completes, the lock is either released or left to expire.
+    /// If dropped before it completes, the guard's drop takes over: the release is sent again in
+    /// the background (releasing twice is harmless), and the lease is the backstop.
     pub async fn release(mut self) -> Result<ReleaseOutcome> {
-        self.released = true;
         let inner = self.client.inner.clone();
         inner.watchdog.remove(self.id);
-        // Held until the reply (the next local task would find the lock still ours), and given
-        // up on every way out of this function, errors and cancellation included.
-        let mut ticket = self.scope.held.take_ticket();
-        let mut conn = inner.conn.clone();
-        let call = scripts::release(&mut conn, &self.keys, &self.token);
-        let (code, woken) = timeout(inner.command_timeout, call)
-            .await
+        let held = self.scope.held.clone();
+        let mut conn = inner.conn.get();
+        let own = held.has_subscription();
+        let call = scripts::release(&mut conn, &held.keys, &held.token, own);
+        let reply = timeout(inner.command_timeout, call).await;
+        // From here on nothing is left to do on drop: the release ran or definitely failed.
+        self.released = true;
+        // The local line moves on only now: until the reply, the next local task would find the
+        // lock still ours.
+        let ticket = held.take_ticket();
+        let (code, subscribers) = reply
             .map_err(|_| Error::no_reply())?
-            .map_err(|e| Error::from_redis(e, &self.keys.lock))?;
-        if let (1.., Some(ticket)) = (woken, ticket.as_mut()) {
-            ticket.hand_off();
-        }
-        drop(ticket);
+            .map_err(|e| Error::from_redis(e, &held.keys.lock))?;
+        hand_off(ticket, subscribers);
         let outcome = match code {
             1 => ReleaseOutcome::Released,
             0 => ReleaseOutcome::AlreadyExpired,
             _ => ReleaseOutcome::NotOwner,
         };
-        tracing::debug!(lock = %self.scope.name, ?outcome, "released");
+        tracing::debug!(lock = %held.name, ?outcome, "released");
         Ok(outcome)
     }
 
     fn lost_error(&self) -> Error {
         Error::LockLost {
-            name: self.scope.name.clone(),
+            name: self.scope.held.name.clone(),
         }
+    }
+}
+
+/// Leaves a hand-off mark in the local line when the release found waiters of other clients
+/// (subscribers of the channel other than this client's own line, see `queue.rs`).
+fn hand_off(ticket: Option<Ticket>, others: i64) {
+    if let Some(mut ticket) = ticket
+        && others > 0
+    {
+        ticket.hand_off();
     }
 }
 
@@ -186,24 +184,27 @@ impl Drop for LockGuard {
         if self.released {
             return;
         }
-        self.client.inner.watchdog.remove(self.id);
+        let inner = &self.client.inner;
+        inner.watchdog.remove(self.id);
+        let held = self.scope.held.clone();
+        // The ticket goes with the release, so this client's next task tries after it. Without
+        // a runtime it is given up at once: the next task then waits for the lease to run out,
+        // like any other waiter, instead of for a release that never comes.
+        let own = held.has_subscription();
+        let ticket = held.take_ticket();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            tracing::debug!(lock = %self.scope.name, "guard dropped outside a runtime; the lease will expire");
+            tracing::debug!(lock = %held.name, "guard dropped outside a runtime; the lease will expire");
             return;
         };
-        let mut conn = self.client.inner.conn.clone();
-        let keys = std::mem::take(&mut self.keys);
-        let token = std::mem::take(&mut self.token);
-        // The ticket goes with the release, so this client's next task tries after it.
-        let mut ticket = self.scope.held.take_ticket();
-        let limit = self.client.inner.command_timeout;
-        tracing::debug!(lock = %self.scope.name, "guard dropped without release; releasing in the background");
+        let (conn, limit) = (inner.conn.clone(), inner.command_timeout);
+        tracing::debug!(lock = %held.name, "guard dropped without release; releasing in the background");
         rt.spawn(async move {
-            let reply = timeout(limit, scripts::release(&mut conn, &keys, &token)).await;
-            if let (Ok(Ok((_, 1..))), Some(ticket)) = (reply, ticket.as_mut()) {
-                ticket.hand_off();
+            let mut conn = conn.get();
+            let release = scripts::release(&mut conn, &held.keys, &held.token, own);
+            let reply = timeout(limit, release).await;
+            if let Ok(Ok((1, subscribers))) = reply {
+                hand_off(ticket, subscribers);
             }
-            drop(ticket);
         });
     }
 }

@@ -10,10 +10,12 @@
 //!     .lock("movie-likes:42")
 //!     .wait(Duration::from_secs(10)) // Err(Timeout) if not ours within 10 s
 //!     .lease(Duration::from_secs(3)) // fixed lease; leave unset and the watchdog renews
+//!     .fenced()                      // mint the fencing token with the acquisition
 //!     .acquire()
 //!     .await?;
+//! let fence = guard.fencing_token().await?;
 //! tokio::select! {
-//!     r = do_work(guard.fencing_token()) => r?,
+//!     r = do_work(fence) => r?,
 //!     _ = guard.lost() => return Err("lock lost".into()),
 //! }
 //! guard.release().await?; // Released | AlreadyExpired | NotOwner
@@ -65,19 +67,23 @@
 //! lease = "3s")]`. It expands to [`Client::with_lock`].
 
 mod client;
+mod conn;
 mod error;
 pub mod fence;
 mod guard;
+mod held;
 pub mod key;
 mod mutex;
 mod options;
 mod queue;
 mod scope;
 mod scripts;
+#[cfg(feature = "tls")]
+mod tls;
 mod waiters;
 mod watchdog;
 
-pub use client::{Client, ClientBuilder, LockInfo};
+pub use client::{Client, ClientBuilder, LockInfo, MAX_FENCE_TTL};
 pub use error::{Error, LostReason, Result};
 pub use guard::{LockGuard, ReleaseOutcome};
 pub use mutex::LockBuilder;

@@ -5,17 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::RngExt;
-use tokio::time::{Instant, sleep_until, timeout_at};
+use redis::AsyncCommands;
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tracing::Instrument;
 
 use crate::client::{Client, Inner};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, is_transient};
 use crate::guard::LockGuard;
+use crate::held::{Held, HeldParts};
 use crate::key::{LockKeys, validate_name};
 use crate::options::{Lease, LockOptions, drift};
 use crate::scripts::{self, ACQUIRE};
-use crate::waiters::Subscription;
-use crate::watchdog::Held;
 
 /// Options for one acquisition of lock `name`, from [`Client::lock`].
 ///
@@ -34,6 +34,7 @@ pub struct LockBuilder<'a> {
     client: &'a Client,
     name: String,
     options: LockOptions,
+    fenced: bool,
 }
 
 impl<'a> LockBuilder<'a> {
@@ -42,6 +43,7 @@ impl<'a> LockBuilder<'a> {
             client,
             name,
             options: LockOptions::default(),
+            fenced: false,
         }
     }
 
@@ -83,6 +85,15 @@ impl<'a> LockBuilder<'a> {
         self
     }
 
+    /// Mints the fencing token with the acquisition, in the same script, so
+    /// [`LockScope::fencing_token`](crate::LockScope::fencing_token) answers without a round trip.
+    /// The default is to mint it on first use, which keeps an acquisition as cheap as a plain
+    /// `SET NX PX`; a lock whose token is always used should be `fenced`.
+    pub fn fenced(mut self) -> Self {
+        self.fenced = true;
+        self
+    }
+
     /// Waits up to the wait time for the lock.
     ///
     /// While the lock is held elsewhere, the task sleeps until a release is published or the
@@ -115,7 +126,7 @@ impl<'a> LockBuilder<'a> {
     /// # Ok(()) }
     /// ```
     pub async fn acquire(self) -> Result<LockGuard> {
-        acquire(self.client, self.name, self.options, false).await
+        acquire(self, false).await
     }
 
     /// Takes the lock if it is free right now, without waiting.
@@ -129,7 +140,7 @@ impl<'a> LockBuilder<'a> {
     ///
     /// Cancel safe, as [`LockBuilder::acquire`].
     pub async fn try_acquire(self) -> Result<LockGuard> {
-        acquire(self.client, self.name, self.options, true).await
+        acquire(self, true).await
     }
 }
 
@@ -138,48 +149,62 @@ impl<'a> LockBuilder<'a> {
 /// trip; this leaves room for a busy machine.
 const HAND_OFF: Duration = Duration::from_millis(5);
 
+/// How often a waiter re-checks while the holder is not a deadbolt client: peers (redis-py,
+/// node-redlock, redsync) publish nothing when they release, so only a re-check notices.
+/// Jittered by ±20 %, so waiters of many clients do not arrive together.
+const PEER_RECHECK: Duration = Duration::from_millis(50);
+
+/// How often a waiter re-checks when its client may not subscribe (an ACL user without channel
+/// rights) and so is never woken by a release.
+const DEGRADED_RECHECK: Duration = Duration::from_millis(100);
+
+/// The first and the longest pause after an attempt that failed for a connection-level reason
+/// (refused, reset, no reply); doubled after each failure in a row, with jitter.
+const BACKOFF_MIN: Duration = Duration::from_millis(25);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 /// What one attempt found.
 enum Attempt {
     Acquired {
-        fence: u64,
+        /// Minted with the acquisition (fenced), or `None` to mint on first use.
+        fence: Option<u64>,
     },
-    /// Held by another owner, with its remaining TTL in ms (-1: no expiry, -2: just vanished).
-    Held {
-        pttl: i64,
-    },
+    Held(Holder),
 }
 
-async fn acquire(
-    client: &Client,
-    name: String,
-    options: LockOptions,
-    try_only: bool,
-) -> Result<LockGuard> {
-    let span = tracing::debug_span!("acquire", lock = %name);
-    acquire_in_span(client, name, options, try_only)
-        .instrument(span)
-        .await
+/// Who holds the lock, as far as an attempt could tell.
+enum Holder {
+    /// A deadbolt client, whose token carries its lease: no release message can be later than
+    /// that (the TTL bound), and its release will be published.
+    Deadbolt { lease: Duration },
+    /// Another library, with the key's remaining TTL in ms (-1: no expiry).
+    Peer { pttl: i64 },
+    /// The key vanished between the attempt and the look at its TTL: try again at once.
+    Gone,
 }
 
-async fn acquire_in_span(
-    client: &Client,
-    name: String,
-    options: LockOptions,
-    try_only: bool,
-) -> Result<LockGuard> {
+async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> {
+    let span = tracing::debug_span!("acquire", lock = %builder.name);
+    acquire_in_span(builder, try_only).instrument(span).await
+}
+
+async fn acquire_in_span(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> {
+    let LockBuilder {
+        client,
+        name,
+        options,
+        fenced,
+    } = builder;
     validate_name(&name)?;
     options.validate()?;
     let inner = &client.inner;
     let start = Instant::now();
-    // The wait bounds the whole call, but the first try always gets one command timeout to hear
-    // back, so `wait(0)` behaves as a try instead of giving up before Redis could answer.
     let deadline = start
         + if try_only {
             Duration::ZERO
         } else {
             options.wait
         };
-    let first_try_deadline = deadline.max(start + inner.command_timeout);
     let timed_out = || Error::Timeout {
         name: name.clone(),
         waited: start.elapsed(),
@@ -196,101 +221,114 @@ async fn acquire_in_span(
             .map_err(|_| timed_out())?
     };
 
-    let keys = inner.keys(&name);
+    let lease = options.lease.duration();
     let mut pending = Pending {
         inner: inner.clone(),
-        keys,
-        token: new_token(),
+        keys: inner.keys(&name),
+        token: new_token(lease),
         armed: false,
     };
-    let mut subscription: Option<Subscription> = None;
+    // Once the lock was seen held, waiting is contention; before, only Redis's answer counts.
     let mut busy = false;
-    if ticket.take_hand_off() {
-        // The release that let us in also woke waiters of other clients. Trying at once would
-        // beat them every time (they need a pub/sub hop first) and starve other processes: give
-        // them a moment to take the lock, then wait our turn like them.
+    let mut backoff = BACKOFF_MIN;
+
+    if !try_only && ticket.take_hand_off() {
+        // The release that let us in found waiters of other clients. Trying at once would beat
+        // them every time (they need a pub/sub hop first) and starve other processes: give them
+        // a moment to take the lock, then try like them (at least once, whatever the deadline).
         tracing::debug!("handing off to waiters of other clients");
         busy = true;
-        let sub = timeout_at(deadline, inner.waiters.subscribe(&pending.keys.channel));
-        let sub = subscription.insert(sub.await.map_err(|_| timed_out())??);
+        let notify = subscribe(inner, &mut ticket, &pending.keys.channel, deadline).await;
         let until = (Instant::now() + HAND_OFF).min(deadline);
-        tokio::select! {
-            _ = sub.notify().notified() => {}
-            _ = sleep_until(until) => {}
+        match notify {
+            Some(notify) => tokio::select! {
+                _ = notify.notified() => {}
+                _ = sleep_until(until) => {}
+            },
+            None => sleep_until(until).await,
         }
     }
     loop {
-        if busy && subscription.is_none() {
-            // Subscribe, then try once more: a release between the first try and the
+        if busy && ticket.line().subscription.is_none() {
+            // Subscribe, then try once more: a release between the last try and the
             // subscription would otherwise go unseen.
-            tracing::debug!("lock busy; waiting for a release");
-            let sub = timeout_at(deadline, inner.waiters.subscribe(&pending.keys.channel));
-            subscription = Some(sub.await.map_err(|_| timed_out())??);
+            subscribe(inner, &mut ticket, &pending.keys.channel, deadline).await;
         }
-        let notified = subscription.as_ref().map(|s| s.notify().notified());
+        let notify = ticket.line().subscription.as_ref().map(|s| s.notify());
+        let notified = notify.as_ref().map(|n| n.notified());
         let mut notified = pin!(notified);
         if let Some(n) = notified.as_mut().as_pin_mut() {
             // Register before trying, so a release published during the try is not missed.
             n.enable();
         }
         let sent = Instant::now();
-        let limit = if busy { deadline } else { first_try_deadline };
-        let attempt = match timeout_at(limit, pending.attempt(options.lease.duration())).await {
-            Ok(attempt) => attempt?,
-            // Once the lock was seen held, running out of time is contention; before, it is a
-            // Redis that does not answer.
-            Err(_) if busy => return Err(timed_out()),
-            Err(_) => return Err(Error::no_reply()),
-        };
-        let pttl = match attempt {
-            Attempt::Acquired { fence } => {
+        let holder = match pending.attempt(lease, fenced).await {
+            Ok(Attempt::Acquired { fence }) => {
                 pending.armed = false;
-                let lease = options.lease;
-                let valid_until = sent + lease.duration() - drift(lease.duration());
-                let held = Arc::new(Held::new(valid_until, ticket));
-                let id = inner.watchdog.register(
-                    &pending.keys.lock,
-                    &name,
-                    &pending.token,
-                    lease,
-                    sent,
-                    held.clone(),
-                );
-                tracing::debug!(
-                    fence,
-                    waited_us = start.elapsed().as_micros() as u64,
-                    "acquired"
-                );
-                return Ok(LockGuard::new(
-                    client.clone(),
+                let valid_until = sent + lease - drift(lease);
+                let parts = HeldParts {
                     name,
-                    std::mem::take(&mut pending.keys),
-                    std::mem::take(&mut pending.token),
+                    keys: std::mem::take(&mut pending.keys),
+                    token: std::mem::take(&mut pending.token),
                     fence,
-                    held,
-                    id,
-                    lease,
-                ));
+                    conn: inner.conn.clone(),
+                    fence_ttl: inner.fence_ttl,
+                    command_timeout: inner.command_timeout,
+                };
+                let held = Arc::new(Held::new(parts, valid_until, ticket));
+                let id = inner.watchdog.register(options.lease, sent, held.clone());
+                tracing::debug!(waited_us = start.elapsed().as_micros() as u64, "acquired");
+                return Ok(LockGuard::new(client.clone(), held, id, options.lease));
             }
-            Attempt::Held { pttl } => pttl,
+            Ok(Attempt::Held(holder)) => {
+                backoff = BACKOFF_MIN;
+                holder
+            }
+            Err(err) if err.is_transient() => {
+                // The deadline passing now means Redis did not answer, not that the lock was held.
+                let now = Instant::now();
+                if try_only || now >= deadline {
+                    pending.clean_up().await;
+                    return Err(unavailable(inner, err));
+                }
+                tracing::debug!(error = %err, "attempt failed; retrying");
+                sleep_until((now + jitter(backoff)).min(deadline)).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+            Err(err) => {
+                pending.clean_up().await;
+                return Err(err);
+            }
         };
         if try_only {
             return Err(Error::WouldBlock { name });
         }
         if !busy {
             busy = true;
+            tracing::debug!("lock busy; waiting for a release");
             continue;
         }
         let now = Instant::now();
         if now >= deadline {
             return Err(timed_out());
         }
-        let wake = match pttl {
-            // Just expired between the GET and the PTTL: try again at once.
-            -2 => continue,
-            // No expiry (a peer that sets none): only a release or the deadline can help.
-            -1 => deadline,
-            ms => (now + Duration::from_millis(ms as u64)).min(deadline),
+        let recheck = if inner.waiters.is_degraded() || notify.is_none() {
+            Some(DEGRADED_RECHECK)
+        } else {
+            None
+        };
+        let wake = match holder {
+            Holder::Gone => continue,
+            Holder::Deadbolt { lease } => now + recheck.map_or(lease, |r| jitter(r).min(lease)),
+            Holder::Peer { pttl } => {
+                let recheck = jitter(recheck.unwrap_or(PEER_RECHECK));
+                match u64::try_from(pttl) {
+                    Ok(ms) => now + recheck.min(Duration::from_millis(ms)),
+                    // No expiry: only a re-check can tell.
+                    Err(_) => now + recheck,
+                }
+            }
         };
         tokio::select! {
             _ = async {
@@ -299,13 +337,53 @@ async fn acquire_in_span(
                     None => std::future::pending().await,
                 }
             } => tracing::trace!("woken by a release"),
-            _ = sleep_until(wake) => tracing::trace!("holder's ttl ran out"),
+            _ = sleep_until(wake.min(deadline)) => tracing::trace!("re-checking"),
         }
     }
 }
 
-/// An acquisition in flight. If it is dropped while a script call may have taken the lock
-/// (cancelled, timed out, or failed with an unknown outcome), it releases in the background.
+/// Subscribes the line to the lock's release channel, unless it is already; returns what to
+/// wait on, or `None` when waiting must re-check on a timer (no channel rights, or Redis did not
+/// confirm in time: the next round tries again).
+async fn subscribe(
+    inner: &Inner,
+    ticket: &mut crate::queue::Ticket,
+    channel: &str,
+    deadline: Instant,
+) -> Option<Arc<tokio::sync::Notify>> {
+    if ticket.line().subscription.is_none() {
+        let limit = deadline.max(Instant::now() + inner.command_timeout);
+        match timeout_at(limit, inner.waiters.subscribe(channel)).await {
+            Ok(Ok(sub)) => ticket.line().subscription = sub,
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "cannot subscribe; re-checking on a timer")
+            }
+            Err(_) => tracing::debug!("no subscription confirmed in time; re-checking on a timer"),
+        }
+    }
+    ticket.line().subscription.as_ref().map(|s| s.notify())
+}
+
+fn unavailable(inner: &Inner, err: Error) -> Error {
+    match err {
+        Error::Redis(source)
+        | Error::Unavailable { source, .. }
+        | Error::Connect { source, .. } => Error::Unavailable {
+            addr: inner.addr.clone(),
+            source,
+        },
+        other => other,
+    }
+}
+
+/// `d` ± 20 %.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::rng().random_range(0.8..1.2))
+}
+
+/// An acquisition in flight. If a script call may have taken the lock (it timed out, or its
+/// connection dropped) and the acquisition then gives up, the lock is released: awaited before
+/// `acquire` returns, or in the background if `acquire` is dropped.
 struct Pending {
     inner: Arc<Inner>,
     keys: LockKeys,
@@ -314,35 +392,91 @@ struct Pending {
 }
 
 impl Pending {
-    /// One try. After a dropped connection or timeout the outcome is unknown, so it tries once
-    /// more with the same token: the script treats a lock already holding it as ours.
-    async fn attempt(&mut self, lease: Duration) -> Result<Attempt> {
+    /// One try, bounded by the command timeout. After a failure of the connection the outcome
+    /// is unknown; the next try uses the same token, which Redis then recognizes as ours.
+    async fn attempt(&mut self, lease: Duration, fenced: bool) -> Result<Attempt> {
         self.armed = true;
-        let mut conn = self.inner.conn.clone();
-        let mut call = ACQUIRE.prepare_invoke();
-        call.key(&self.keys.lock)
-            .key(&self.keys.fence)
-            .arg(&self.token)
-            .arg(lease.as_millis() as u64)
-            .arg(self.inner.fence_ttl.as_millis() as u64);
-        let reply: (i64, i64) = match call.invoke_async(&mut conn).await {
-            Ok(reply) => reply,
-            Err(err) if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() => {
-                tracing::debug!(error = %err, "acquire outcome unknown; retrying once");
-                call.invoke_async(&mut conn).await.map_err(Error::Redis)?
+        let limit = self.inner.command_timeout;
+        let mut conn = self.inner.conn.get();
+        let attempt = async {
+            if fenced {
+                let mut call = ACQUIRE.prepare_invoke();
+                call.key(&self.keys.lock)
+                    .key(&self.keys.fence)
+                    .arg(&self.token)
+                    .arg(lease.as_millis() as u64)
+                    .arg(self.inner.fence_ttl.as_millis() as u64);
+                // {1, fence} or {0, pttl, holder}.
+                let reply: Vec<redis::Value> = call.invoke_async(&mut conn).await?;
+                let int = |i: usize| match reply.get(i) {
+                    Some(redis::Value::Int(n)) => *n,
+                    _ => -2,
+                };
+                return Ok(if int(0) == 1 {
+                    Attempt::Acquired {
+                        fence: Some(int(1) as u64),
+                    }
+                } else {
+                    let holder = match reply.get(2) {
+                        Some(redis::Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
+                        _ => None,
+                    };
+                    Attempt::Held(holder_of(holder.as_deref(), int(1)))
+                });
             }
-            // Redis refused the script (say WRONGTYPE). The script writes nothing before its
-            // checks pass, but stay armed: a release of a lock we do not hold is harmless.
-            Err(err) => return Err(Error::from_redis(err, &self.keys.lock)),
+            // Nil: set, the lock is ours. A value: the holder's token, left alone (NX).
+            let previous: Option<String> = redis::cmd("SET")
+                .arg(&self.keys.lock)
+                .arg(&self.token)
+                .arg("NX")
+                .arg("PX")
+                .arg(lease.as_millis() as u64)
+                .arg("GET")
+                .query_async(&mut conn)
+                .await?;
+            Ok(match previous {
+                None => Attempt::Acquired { fence: None },
+                // A retry after an ambiguous outcome: the earlier try landed.
+                Some(holder) if holder == self.token => Attempt::Acquired { fence: None },
+                Some(holder) => match holder_of(Some(&holder), 0) {
+                    Holder::Peer { .. } => {
+                        let pttl: i64 = conn.pttl(&self.keys.lock).await?;
+                        Attempt::Held(holder_of(Some(&holder), pttl))
+                    }
+                    deadbolt => Attempt::Held(deadbolt),
+                },
+            })
+        };
+        let reply: redis::RedisResult<Attempt> = match timeout(limit, attempt).await {
+            Ok(reply) => reply,
+            Err(_) => return Err(Error::no_reply()),
         };
         match reply {
-            (1, fence) => Ok(Attempt::Acquired {
-                fence: fence as u64,
-            }),
-            (_, pttl) => {
-                self.armed = false;
-                Ok(Attempt::Held { pttl })
+            Ok(attempt) => {
+                if matches!(attempt, Attempt::Held(_)) {
+                    self.armed = false;
+                }
+                Ok(attempt)
             }
+            Err(err) if is_transient(&err) => Err(Error::Redis(err)),
+            // Redis refused the command (say WRONGTYPE): nothing was written.
+            Err(err) => {
+                self.armed = false;
+                Err(Error::from_redis(err, &self.keys.lock))
+            }
+        }
+    }
+
+    /// Releases what an attempt with an unknown outcome may have taken, within one command
+    /// timeout; left to the background (see `Drop`) if that fails too.
+    async fn clean_up(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut conn = self.inner.conn.get();
+        let release = scripts::release(&mut conn, &self.keys, &self.token, false);
+        if let Ok(Ok(_)) = timeout(self.inner.command_timeout, release).await {
+            self.armed = false;
         }
     }
 }
@@ -355,21 +489,74 @@ impl Drop for Pending {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (inner, mut conn, keys, token) = (
-            self.inner.clone(),
+        let (conn, limit, keys, token) = (
             self.inner.conn.clone(),
+            self.inner.command_timeout,
             std::mem::take(&mut self.keys),
             std::mem::take(&mut self.token),
         );
         tracing::debug!(key = %keys.lock, "acquisition abandoned; releasing in the background");
         rt.spawn(async move {
-            let limit = inner.command_timeout;
-            let _ = tokio::time::timeout(limit, scripts::release(&mut conn, &keys, &token)).await;
+            let mut conn = conn.get();
+            let _ = timeout(limit, scripts::release(&mut conn, &keys, &token, false)).await;
         });
     }
 }
 
-/// 128 random bits from the thread-local CSPRNG, as 32 hex digits: unique per acquisition.
-fn new_token() -> String {
-    format!("{:032x}", rand::rng().random::<u128>())
+/// The prefix of every deadbolt owner token, which tells our holders from peers'.
+const TOKEN_PREFIX: &str = "dbt1-";
+
+/// A fresh owner token: 128 random bits from the thread-local CSPRNG, and the lease, so a waiter
+/// that reads the token knows how long to wait at most: `dbt1-<32 hex digits>-<lease in ms>`.
+fn new_token(lease: Duration) -> String {
+    format!(
+        "{TOKEN_PREFIX}{:032x}-{}",
+        rand::rng().random::<u128>(),
+        lease.as_millis()
+    )
+}
+
+/// Reads a holder's token (`None`: the key is gone) and the key's TTL.
+fn holder_of(token: Option<&str>, pttl: i64) -> Holder {
+    let Some(token) = token else {
+        return Holder::Gone;
+    };
+    let lease = token
+        .strip_prefix(TOKEN_PREFIX)
+        .and_then(|rest| rest.split_once('-'))
+        .filter(|(random, _)| random.len() == 32)
+        .and_then(|(_, lease)| lease.parse::<u64>().ok());
+    match (lease, pttl) {
+        (_, -2) => Holder::Gone,
+        (Some(ms), _) => Holder::Deadbolt {
+            lease: Duration::from_millis(ms),
+        },
+        (None, pttl) => Holder::Peer { pttl },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_tell_deadbolt_holders_from_peers() {
+        let token = new_token(Duration::from_millis(1500));
+        assert!(matches!(
+            holder_of(Some(&token), 1000),
+            Holder::Deadbolt { lease } if lease == Duration::from_millis(1500)
+        ));
+        // redis-py's token is uuid1().hex: 32 hex digits, no prefix.
+        let peer = "0123456789abcdef0123456789abcdef";
+        assert!(matches!(
+            holder_of(Some(peer), -1),
+            Holder::Peer { pttl: -1 }
+        ));
+        assert!(matches!(
+            holder_of(Some("dbt1-short-10"), 5),
+            Holder::Peer { pttl: 5 }
+        ));
+        assert!(matches!(holder_of(None, 5), Holder::Gone));
+        assert!(matches!(holder_of(Some(&token), -2), Holder::Gone));
+    }
 }

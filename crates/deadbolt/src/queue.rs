@@ -7,17 +7,33 @@
 //! (tokio's `Mutex` is fair) and Redis sees one contender per client and lock name.
 //!
 //! The same head start exists between clients: a client that releases while other clients wait
-//! would hand the lock to its own next task every time. So a release that woke waiters elsewhere
-//! (`PUBLISH` reached someone) leaves a *hand-off* mark in the line, and the next local task
-//! first gives those waiters a moment to take the lock (see `mutex.rs`).
+//! would hand the lock to its own next task every time. So a release that found waiters of other
+//! clients subscribed leaves a *hand-off* mark in the line, and the next local task first gives
+//! those waiters a moment to take the lock (see `mutex.rs`).
+//!
+//! The line also keeps the pub/sub subscription of its lock while anyone is in it: a client
+//! whose tasks keep contending for one lock subscribes once, not once per acquisition, and a
+//! client that is subscribed is one whose line is not empty, so a release can count the other
+//! clients that wait by the channel's subscribers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::OwnedMutexGuard;
 
-/// One line per name; the `bool` is the hand-off mark left by the last holder.
-type Slot = Arc<tokio::sync::Mutex<bool>>;
+use crate::waiters::Subscription;
+
+/// What a line keeps between its holders.
+#[derive(Debug, Default)]
+pub(crate) struct Line {
+    /// The hand-off mark left by the last holder.
+    hand_off: bool,
+    /// The line's subscription to the lock's release channel, once someone had to wait.
+    pub(crate) subscription: Option<Subscription>,
+}
+
+/// One line per name.
+type Slot = Arc<tokio::sync::Mutex<Line>>;
 type Slots = Arc<Mutex<HashMap<String, Slot>>>;
 
 /// The per-client table of local lines, one per lock name in use.
@@ -31,7 +47,7 @@ pub(crate) struct LocalQueue {
 #[derive(Debug)]
 pub(crate) struct Ticket {
     name: String,
-    guard: Option<OwnedMutexGuard<bool>>,
+    guard: Option<OwnedMutexGuard<Line>>,
     slots: Slots,
 }
 
@@ -73,7 +89,7 @@ impl Ticket {
     /// Marks the line: the release that ends this ticket woke waiters of other clients.
     pub(crate) fn hand_off(&mut self) {
         if let Some(guard) = self.guard.as_mut() {
-            **guard = true;
+            guard.hand_off = true;
         }
     }
 
@@ -81,7 +97,13 @@ impl Ticket {
     pub(crate) fn take_hand_off(&mut self) -> bool {
         self.guard
             .as_mut()
-            .is_some_and(|guard| std::mem::take(&mut **guard))
+            .is_some_and(|guard| std::mem::take(&mut guard.hand_off))
+    }
+
+    /// The line's state; the ticket holder has it to itself.
+    pub(crate) fn line(&mut self) -> &mut Line {
+        // A ticket exists only with its guard: `try_enter` hands out none without one.
+        self.guard.as_mut().expect("a ticket holds its line")
     }
 }
 

@@ -10,34 +10,49 @@ use tokio_util::sync::CancellationToken;
 use crate::client::Client;
 use crate::error::{Error, LostReason};
 use crate::guard::ReleaseOutcome;
+use crate::held::Held;
 use crate::options::LockOptions;
-use crate::watchdog::Held;
 
 /// What a critical section may see of its lock: name, fencing token, validity, lost signal.
 /// Cheap to clone; it cannot release the lock. A [`LockGuard`](crate::LockGuard) derefs to it.
 #[derive(Debug, Clone)]
 pub struct LockScope {
-    pub(crate) name: String,
-    pub(crate) fence: u64,
     pub(crate) held: Arc<Held>,
 }
 
 impl LockScope {
     /// The lock name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.held.name
     }
 
-    /// The fencing token of this acquisition: strictly greater than every token issued before
-    /// for this name.
+    /// The fencing token of this acquisition: strictly greater than every token minted before
+    /// for this name, so the resource you write can refuse a holder whose lock has passed on
+    /// (see [`fence`](crate::fence)).
     ///
-    /// It is `max(last + 1, Redis server time in µs)`. The counter lives on for the client's
+    /// A lock acquired with [`LockBuilder::fenced`](crate::LockBuilder::fenced) got its token
+    /// with the acquisition, and this returns at once. Otherwise the first call mints it with
+    /// one owner-checked script (the lock must still be ours) and later calls return the same
+    /// token. Either way tokens are ordered like the holdings: a holding can only mint while it
+    /// holds the lock, and holdings of one server do not overlap.
+    ///
+    /// A token is `max(last + 1, Redis server time in µs)`. The counter lives on for the client's
     /// fence TTL (7 days by default) after its last use; once it is gone, or lost in a failover,
     /// tokens continue from the server clock, which stays above every earlier token as long as
     /// the Redis server's clock never steps back (and a promoted replica's clock is not behind
     /// the old primary's by more than the time since the last acquisition).
-    pub fn fencing_token(&self) -> u64 {
-        self.fence
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LockLost`] when the lock is no longer ours (the lost signal fires too);
+    /// [`Error::WrongType`] when the counter key holds something else; [`Error::Redis`] when
+    /// Redis fails.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a token minted by a dropped call is skipped, never reused.
+    pub async fn fencing_token(&self) -> Result<u64, Error> {
+        self.held.fencing_token().await
     }
 
     /// Until when the lock is known to be held, by the local monotonic clock: the start of the
@@ -64,9 +79,10 @@ impl LockScope {
     /// ```no_run
     /// # async fn work(_fence: u64) {}
     /// # async fn demo(locks: deadbolt::Client) -> deadbolt::Result<()> {
-    /// let guard = locks.lock("report").acquire().await?;
+    /// let guard = locks.lock("report").fenced().acquire().await?;
+    /// let fence = guard.fencing_token().await?;
     /// tokio::select! {
-    ///     _ = work(guard.fencing_token()) => {}
+    ///     _ = work(fence) => {}
     ///     _ = guard.lost() => return Err(deadbolt::Error::LockLost { name: "report".into() }),
     /// }
     /// guard.release().await?;
@@ -81,10 +97,10 @@ impl LockScope {
         self.held.lost_reason()
     }
 
-    /// A token cancelled when the watchdog finds the lock lost, to hand to spawned tasks.
-    /// Cancelling it yourself does not affect the lock.
+    /// A token cancelled when the lock is lost (by the watchdog, or when its validity passes),
+    /// to hand to spawned tasks. Cancelling it yourself does not affect the lock.
     pub fn lost_token(&self) -> CancellationToken {
-        self.held.lost.child_token()
+        self.held.lost_token()
     }
 }
 
@@ -116,8 +132,8 @@ impl Client {
     /// use deadbolt::LockOptions;
     /// let likes = locks
     ///     .with_lock("movie-likes:42", LockOptions::SHORT, |scope| async move {
-    ///         // begin; read; write with scope.fencing_token(); commit
-    ///         Ok::<_, deadbolt::Error>(scope.fencing_token())
+    ///         // begin; read; write with the fencing token; commit
+    ///         scope.fencing_token().await
     ///     })
     ///     .await?;
     /// # Ok(()) }

@@ -12,6 +12,10 @@ use redis::Script;
 pub(crate) static ACQUIRE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/acquire.lua")));
 
+/// Owner-checked minting of a fencing token on first use: see `scripts/mint.lua`.
+pub(crate) static MINT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/mint.lua")));
+
 /// Compare-and-delete plus publish: see `scripts/release.lua`.
 pub(crate) static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
@@ -24,15 +28,20 @@ pub(crate) static RENEW: LazyLock<Script> =
 pub(crate) static FENCED_SET: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/fenced_set.lua")));
 
-/// Runs `release.lua` for one lock: (1, clients woken) released, (0, 0) already expired,
-/// (-1, 0) held by another owner.
+/// Runs `release.lua` for one lock: (1, other clients waiting) released, (0, 0) already
+/// expired, (-1, 0) held by another owner. `own_subscription`: this client is subscribed to the
+/// lock's channel itself, which is not someone to wake.
 pub(crate) async fn release(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut impl redis::aio::ConnectionLike,
     keys: &crate::key::LockKeys,
     token: &str,
+    own_subscription: bool,
 ) -> redis::RedisResult<(i64, i64)> {
     let mut call = RELEASE.prepare_invoke();
-    call.key(&keys.lock).arg(token).arg(&keys.channel);
+    call.key(&keys.lock)
+        .arg(token)
+        .arg(&keys.channel)
+        .arg(u8::from(own_subscription));
     call.invoke_async(conn).await
 }
 
@@ -46,7 +55,7 @@ mod tests {
     fn script_hashes_match_what_redis_computes() {
         let server = deadbolt_testkit::RedisServer::start().unwrap();
         let mut conn = server.connection();
-        for script in [&*ACQUIRE, &*RELEASE, &*RENEW, &*FENCED_SET] {
+        for script in [&*ACQUIRE, &*MINT, &*RELEASE, &*RENEW, &*FENCED_SET] {
             assert_eq!(script.load(&mut conn).unwrap(), script.get_hash());
         }
     }

@@ -2,24 +2,29 @@
 //! the lost signal of any lock it cannot keep.
 //!
 //! Renewals are batched: all leases due at about the same time go out in one script call (up to
-//! [`BATCH`] locks each), not one timer and round trip per lock. A lock is declared lost when a
-//! renewal finds it gone or taken, or when its local validity (`valid_until`) passes without a
-//! successful renewal, whichever comes first. Fixed-lease locks are registered too, only for the
-//! second rule.
+//! [`BATCH`] locks each), not one timer and round trip per lock. Batches run as tasks of their
+//! own, so a slow one does not delay the lost signal of any other lock. A lock is declared lost
+//! when a renewal finds it gone or taken, or when its local validity (`valid_until`) passes
+//! without a successful renewal, whichever comes first.
+//!
+//! Fixed-lease locks are registered without waking the task (an acquisition in a hot loop must
+//! not cost a context switch): the watchdog never renews them, it only checks them after the
+//! connection dropped, since a Redis that restarted without persistence forgot every lock and
+//! the holder should hear of it at once, not at the end of its lease.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
+use crate::conn::Conn;
 use crate::error::LostReason;
-use crate::options::{Lease, drift};
-use crate::queue::Ticket;
+use crate::held::Held;
+use crate::options::Lease;
 use crate::scripts::RENEW;
 
 /// Most locks renewed by one script call (Redisson's `lockWatchdogBatchSize`).
@@ -28,104 +33,15 @@ const BATCH: usize = 100;
 /// How long the task keeps a plan to wake after it last saw no lock (see [`next_wake`]).
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
-/// What a held lock shares between its guard and the watchdog.
-#[derive(Debug)]
-pub(crate) struct Held {
-    /// Until when the lock is known to be ours, by the local monotonic clock, and the generation
-    /// of the lease (bumped by every `extend`): a renewal reply is applied only if no `extend`
-    /// was sent since the renewal was, because Redis may have run them in either order.
-    valid_until: Mutex<(Instant, u64)>,
-    /// Cancelled when the lock is lost.
-    pub(crate) lost: CancellationToken,
-    /// Why it was lost; set once, before `lost` is cancelled.
-    reason: std::sync::OnceLock<LostReason>,
-    /// The holder's place in its client's local line. It is given up when the lock is released
-    /// or lost, so a holder stuck past its lease does not block its own process's other tasks
-    /// longer than it blocks other processes.
-    ticket: Mutex<Option<Ticket>>,
-}
-
-impl Held {
-    pub(crate) fn new(valid_until: Instant, ticket: Ticket) -> Held {
-        Held {
-            valid_until: Mutex::new((valid_until, 0)),
-            lost: CancellationToken::new(),
-            reason: std::sync::OnceLock::new(),
-            ticket: Mutex::new(Some(ticket)),
-        }
-    }
-
-    /// Fires the lost signal and lets the next local task in. The first reason given sticks.
-    pub(crate) fn mark_lost(&self, reason: LostReason) {
-        let _ = self.reason.set(reason);
-        self.lost.cancel();
-        self.take_ticket();
-    }
-
-    /// Gives up the place in the local line (after a release, or when lost).
-    pub(crate) fn take_ticket(&self) -> Option<Ticket> {
-        self.ticket.lock().unwrap().take()
-    }
-
-    /// Why the lock was lost, once it was.
-    pub(crate) fn lost_reason(&self) -> Option<LostReason> {
-        self.reason.get().copied()
-    }
-
-    pub(crate) fn valid_until(&self) -> Instant {
-        self.valid_until.lock().unwrap().0
-    }
-
-    /// The current lease generation, to hand to [`Held::renewed`].
-    pub(crate) fn generation(&self) -> u64 {
-        self.valid_until.lock().unwrap().1
-    }
-
-    /// Records a successful renewal of generation `generation`, sent at `sent`, that set the TTL
-    /// to `lease`. Ignored if the lease changed generation since.
-    pub(crate) fn renewed(&self, generation: u64, sent: Instant, lease: Duration) {
-        let mut valid = self.valid_until.lock().unwrap();
-        if valid.1 == generation {
-            valid.0 = sent + lease - drift(lease);
-        }
-    }
-
-    /// Starts a new lease generation before an `extend` that sets the TTL to `lease`: until the
-    /// reply, the lock counts as valid only as long as both the old and the new TTL say. Returns
-    /// the new generation.
-    pub(crate) fn begin_extend(&self, sent: Instant, lease: Duration) -> u64 {
-        let mut valid = self.valid_until.lock().unwrap();
-        valid.0 = valid.0.min(sent + lease - drift(lease));
-        valid.1 += 1;
-        valid.1
-    }
-
-    /// Waits until the lock is lost, by signal or by the clock. Never later than `valid_until`.
-    pub(crate) async fn lost(&self) {
-        loop {
-            let until = self.valid_until();
-            tokio::select! {
-                _ = self.lost.cancelled() => return,
-                _ = sleep_until(until) => {
-                    // A renewal may have moved the deadline while we slept.
-                    if Instant::now() >= self.valid_until() {
-                        self.mark_lost(LostReason::NotRenewed);
-                        return;
-                    }
-                }
-            }
-        }
-    }
-}
+/// How soon a failed renewal or check is tried again.
+const RETRY: Duration = Duration::from_millis(200);
 
 /// One lock the watchdog looks after.
 #[derive(Debug)]
 struct Entry {
-    key: String,
-    name: String,
-    token: String,
     lease: Lease,
-    /// When the next renewal is due; `None` for fixed leases.
+    /// When the next renewal (or, for a fixed lease, check) is due; `None`: not until the
+    /// connection drops.
     next_due: Option<Instant>,
     held: Arc<Held>,
 }
@@ -152,12 +68,11 @@ struct Entries {
 impl Entries {
     /// Adds or updates an entry, waking the task if the entry is due before it planned to wake.
     fn put(&mut self, id: u64, entry: Entry, changed: &Notify) {
-        let due = entry
-            .next_due
-            .unwrap_or(far_future())
-            .min(entry.held.valid_until());
+        let due = entry.next_due;
         self.map.insert(id, entry);
-        if self.wake_at.is_none_or(|at| due < at) {
+        if let Some(due) = due
+            && self.wake_at.is_none_or(|at| due < at)
+        {
             self.wake_at = Some(due);
             changed.notify_one();
         }
@@ -176,33 +91,33 @@ pub(crate) struct Watchdog {
 }
 
 impl Watchdog {
-    /// Starts the task on the current tokio runtime.
-    pub(crate) fn start(conn: ConnectionManager, command_timeout: Duration) -> Watchdog {
+    /// Starts the task on the current tokio runtime. `disconnected` is notified when a
+    /// connection of the client dropped or was replaced: every held lock is checked at once.
+    pub(crate) fn start(
+        conn: Conn,
+        command_timeout: Duration,
+        disconnected: Arc<Notify>,
+    ) -> Watchdog {
         let shared = Arc::new(Shared::default());
         let shutdown = CancellationToken::new();
-        tokio::spawn(run(shared.clone(), conn, command_timeout, shutdown.clone()));
+        tokio::spawn(run(
+            shared.clone(),
+            conn,
+            command_timeout,
+            disconnected,
+            shutdown.clone(),
+        ));
         Watchdog { shared, shutdown }
     }
 
     /// Starts looking after a lock just acquired; returns its id for [`Watchdog::remove`].
-    pub(crate) fn register(
-        &self,
-        key: &str,
-        name: &str,
-        token: &str,
-        lease: Lease,
-        acquired: Instant,
-        held: Arc<Held>,
-    ) -> u64 {
+    pub(crate) fn register(&self, lease: Lease, acquired: Instant, held: Arc<Held>) -> u64 {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let next_due = match lease {
             Lease::Fixed(_) => None,
             Lease::Renewed { every, .. } => Some(acquired + every),
         };
         let entry = Entry {
-            key: key.to_owned(),
-            name: name.to_owned(),
-            token: token.to_owned(),
             lease,
             next_due,
             held,
@@ -237,21 +152,20 @@ impl Drop for Watchdog {
     }
 }
 
-/// A lock picked for renewal in this round.
+/// A lock picked for renewal (or a check) in this round.
 struct Due {
     id: u64,
-    key: String,
-    token: String,
+    /// The lease to set; zero for a check without renewal.
     lease: Duration,
-    every: Duration,
     generation: u64,
     held: Arc<Held>,
 }
 
 async fn run(
     shared: Arc<Shared>,
-    mut conn: ConnectionManager,
+    conn: Conn,
     command_timeout: Duration,
+    disconnected: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -259,16 +173,38 @@ async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = shared.changed.notified() => continue,
+            _ = disconnected.notified() => {
+                tracing::debug!("connection dropped; checking every held lock now");
+                check_all_now(&shared);
+            }
             _ = sleep_until(wake) => {}
         }
         let now = Instant::now();
         expire(&shared, now);
         let due = take_due(&shared, now);
         for batch in due.chunks(BATCH) {
-            renew(&shared, &mut conn, batch, command_timeout).await;
-            // A slow batch must not delay the lost signal of the locks in the next one.
-            expire(&shared, Instant::now());
+            let batch: Vec<Due> = batch
+                .iter()
+                .map(|d| Due {
+                    id: d.id,
+                    lease: d.lease,
+                    generation: d.generation,
+                    held: d.held.clone(),
+                })
+                .collect();
+            // A task per batch: a slow reply must not hold up the next batch, nor the
+            // validity deadlines enforced by this loop.
+            tokio::spawn(renew(shared.clone(), conn.clone(), batch, command_timeout));
         }
+    }
+}
+
+/// Makes every lock due now: renewals for watchdog leases, ownership checks for fixed ones.
+fn check_all_now(shared: &Shared) {
+    let now = Instant::now();
+    let mut entries = shared.entries.lock().unwrap();
+    for e in entries.map.values_mut() {
+        e.next_due = Some(now);
     }
 }
 
@@ -283,8 +219,11 @@ fn next_wake(shared: &Shared) -> Instant {
     let earliest = entries
         .map
         .values()
-        .flat_map(|e| [e.next_due, Some(e.held.valid_until())])
-        .flatten()
+        .filter_map(|e| match e.lease {
+            // A fixed lease's validity is watched by its guard's own timer.
+            Lease::Fixed(_) => e.next_due,
+            Lease::Renewed { .. } => e.next_due.min(Some(e.held.valid_until())),
+        })
         .min();
     let (plan, idle) = match earliest {
         Some(at) => (Some(at), false),
@@ -299,9 +238,9 @@ fn next_wake(shared: &Shared) -> Instant {
 /// Fires the lost signal of every lock whose validity has passed, and forgets it.
 fn expire(shared: &Shared, now: Instant) {
     shared.entries.lock().unwrap().map.retain(|_, e| {
-        let alive = e.held.valid_until() > now;
-        if !alive {
-            tracing::warn!(lock = %e.name, "lock lost: validity passed without a successful renewal");
+        let alive = e.held.valid_until() > now && !e.held.lost.is_cancelled();
+        if e.held.valid_until() <= now {
+            tracing::warn!(lock = %e.held.name, "lock lost: {}", LostReason::NotRenewed);
             e.held.mark_lost(LostReason::NotRenewed);
         }
         alive
@@ -312,22 +251,19 @@ fn expire(shared: &Shared, now: Instant) {
 /// about the same time share a round trip.
 fn take_due(shared: &Shared, now: Instant) -> Vec<Due> {
     let mut entries = shared.entries.lock().unwrap();
-    // A lock found lost by its guard's own timer is not renewed any more.
-    entries.map.retain(|_, e| !e.held.lost.is_cancelled());
     let mut due = Vec::new();
     for (&id, e) in entries.map.iter_mut() {
-        let (Some(next), Lease::Renewed { lease, every }) = (e.next_due, e.lease) else {
-            continue;
+        let Some(next) = e.next_due else { continue };
+        let (lease, slack, again) = match e.lease {
+            Lease::Renewed { lease, every } => (lease, every / 4, Some(now + every)),
+            Lease::Fixed(_) => (Duration::ZERO, Duration::ZERO, None),
         };
-        if next <= now + every / 4 {
+        if next <= now + slack {
             // Until the reply comes, do not pick it again.
-            e.next_due = Some(now + every);
+            e.next_due = again;
             due.push(Due {
                 id,
-                key: e.key.clone(),
-                token: e.token.clone(),
                 lease,
-                every,
                 generation: e.held.generation(),
                 held: e.held.clone(),
             });
@@ -336,39 +272,31 @@ fn take_due(shared: &Shared, now: Instant) -> Vec<Due> {
     due
 }
 
-/// Renews one batch in one script call and applies the outcome to each lock.
-async fn renew(
-    shared: &Shared,
-    conn: &mut ConnectionManager,
-    batch: &[Due],
-    command_timeout: Duration,
-) {
+/// Renews (or checks) one batch in one script call and applies the outcome to each lock.
+async fn renew(shared: Arc<Shared>, conn: Conn, batch: Vec<Due>, command_timeout: Duration) {
     let sent = Instant::now();
     let mut call = RENEW.prepare_invoke();
-    for d in batch {
-        call.key(&d.key)
-            .arg(&d.token)
+    for d in &batch {
+        call.key(&d.held.keys.lock)
+            .arg(&d.held.token)
             .arg(d.lease.as_millis() as u64);
     }
-    // Never let a hung call carry us past a validity deadline we must enforce.
-    let earliest = batch
-        .iter()
-        .map(|d| d.held.valid_until())
-        .min()
-        .unwrap_or(sent);
-    let limit = command_timeout.min(earliest.saturating_duration_since(sent));
-    let reply: Result<Vec<i64>, String> = match timeout(limit, call.invoke_async(conn)).await {
-        Ok(Ok(codes)) => Ok(codes),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err(format!("no reply within {limit:?}")),
-    };
+    let mut conn = conn.get();
+    let reply: Result<Vec<i64>, String> =
+        match timeout(command_timeout, call.invoke_async(&mut conn)).await {
+            Ok(Ok(codes)) => Ok(codes),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err(format!("no reply within {command_timeout:?}")),
+        };
     let mut entries = shared.entries.lock().unwrap();
     match reply {
         Ok(codes) => {
             for (d, code) in batch.iter().zip(codes) {
                 if code == 1 {
-                    d.held.renewed(d.generation, sent, d.lease);
-                    tracing::trace!(key = %d.key, "lease renewed");
+                    if !d.lease.is_zero() {
+                        d.held.renewed(d.generation, sent, d.lease);
+                        tracing::trace!(lock = %d.held.name, "lease renewed");
+                    }
                     continue;
                 }
                 // Released meanwhile? Then the entry is gone and there is nothing to report.
@@ -378,7 +306,7 @@ async fn renew(
                     } else {
                         LostReason::Taken
                     };
-                    tracing::warn!(key = %d.key, "lock lost: {reason}");
+                    tracing::warn!(lock = %d.held.name, "lock lost: {reason}");
                     d.held.mark_lost(reason);
                 }
             }
@@ -386,12 +314,14 @@ async fn renew(
         Err(err) => {
             // Retry soon; the validity deadline decides when the lock counts as lost.
             tracing::warn!(error = %err, locks = batch.len(), "lease renewal failed; retrying");
-            let retry = Instant::now() + (batch[0].every / 4).min(Duration::from_secs(1));
-            for d in batch {
+            let retry = Instant::now() + RETRY;
+            for d in &batch {
                 if let Some(e) = entries.map.get_mut(&d.id) {
-                    e.next_due = Some(retry);
+                    e.next_due = Some(e.next_due.map_or(retry, |n| n.min(retry)));
                 }
             }
+            entries.wake_at = None;
+            shared.changed.notify_one();
         }
     }
 }

@@ -143,13 +143,22 @@ async fn bad_client_settings_are_refused() {
     assert_invalid(r, "command timeout");
 }
 
-/// A fence key of another type is refused before anything is written: no lock is left taken.
+/// A fence key of another type is refused before anything is written: no lock is left taken by
+/// a fenced acquisition, and a token minted on first use is refused with the same error.
 #[tokio::test]
 async fn a_fence_key_of_another_type_takes_no_lock() {
     let (server, locks) = setup().await;
     crate::util::raw(&server, &["HSET", "deadbolt:{a}:fence", "f", "v"]);
+    let guard = locks.lock("a").acquire().await.unwrap();
+    let err = guard.fencing_token().await.unwrap_err();
+    assert!(
+        matches!(err, Error::WrongType { ref key } if key == "deadbolt:{a}:fence"),
+        "{err:?}"
+    );
+    guard.release().await.unwrap();
     let err = locks
         .lock("a")
+        .fenced()
         .lease(Duration::from_secs(5))
         .acquire()
         .await

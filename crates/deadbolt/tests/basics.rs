@@ -83,13 +83,18 @@ async fn fencing_tokens_strictly_increase_even_after_the_counter_is_lost() {
                 .query(&mut server.connection())
                 .unwrap();
         }
-        let guard = locks.lock("f").acquire().await.unwrap();
-        assert!(
-            guard.fencing_token() > last,
-            "token {} after {last}",
-            guard.fencing_token()
-        );
-        last = guard.fencing_token();
+        // Minted with the acquisition and on first use, alternately: one order for both.
+        let builder = locks.lock("f");
+        let builder = if i % 2 == 0 {
+            builder.fenced()
+        } else {
+            builder
+        };
+        let guard = builder.acquire().await.unwrap();
+        let token = guard.fencing_token().await.unwrap();
+        assert!(token > last, "token {token} after {last}");
+        assert_eq!(guard.fencing_token().await.unwrap(), token, "minted once");
+        last = token;
         guard.release().await.unwrap();
     }
     assert_eq!(locks.inspect("f").await.unwrap().fence, Some(last));
@@ -124,7 +129,10 @@ async fn inspect_reports_ttl_and_fence() {
     let info = locks.inspect("a").await.unwrap();
     assert!(info.locked);
     assert!(info.ttl.unwrap() > ms(4000));
-    assert_eq!(info.fence, Some(guard.fencing_token()));
+    assert_eq!(info.fence, None, "nothing minted before first use");
+    assert!(info.owner.unwrap().starts_with("dbt1-"));
+    let token = guard.fencing_token().await.unwrap();
+    assert_eq!(locks.inspect("a").await.unwrap().fence, Some(token));
     guard.release().await.unwrap();
 }
 

@@ -1,35 +1,107 @@
+use std::future::Future;
+use std::task::{Context, Waker};
 use std::time::Duration;
+
+use deadbolt::Client;
+use deadbolt_testkit::RedisServer;
 
 use crate::util::{assert_clean, client, eventually, ms, setup, subscribers};
 
-/// Dropping `acquire` at any await point (here: after a random 0-1.5 ms, which lands before,
-/// during and after the script call) leaves no lock behind.
+/// Stalls the server for `secs` from another thread (`DEBUG SLEEP`), and returns once the sleep
+/// has begun: commands sent meanwhile sit unanswered, so a future can be dropped at a known
+/// point, after its command was sent and before the reply.
+fn stall(server: &RedisServer, secs: f64) -> std::thread::JoinHandle<()> {
+    let mut conn = server.connection();
+    let busy = std::thread::spawn(move || {
+        let _: () = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(secs)
+            .query(&mut conn)
+            .unwrap();
+    });
+    // The sleep has begun once a PING from another connection goes unanswered for a while.
+    std::thread::sleep(Duration::from_millis(50));
+    busy
+}
+
+fn debug_server() -> RedisServer {
+    RedisServer::builder()
+        .arg("--enable-debug-command")
+        .arg("yes")
+        .start()
+        .unwrap()
+}
+
+/// An `acquire` dropped after its `SET` was sent and before the reply (the server is stalled
+/// in between) leaves no lock behind: the `SET` lands after the drop, and the release sent on
+/// drop follows it on the same connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropped_acquire_leaves_no_lock() {
-    let (server, locks) = setup().await;
-    let mut acquired = 0;
-    for i in 0..300u64 {
-        let limit = Duration::from_micros((i * 7919) % 1500);
-        if let Ok(Ok(guard)) = tokio::time::timeout(limit, locks.lock("a").acquire()).await {
-            acquired += 1;
-            guard.release().await.unwrap();
-        }
-    }
+async fn an_acquire_dropped_with_its_set_in_flight_leaves_no_lock() {
+    let server = debug_server();
+    let locks = Client::connect(&server.url()).await.unwrap();
+    let stalled = stall(&server, 0.3);
+    let mut acquire = Box::pin(locks.lock("a").lease(Duration::from_secs(30)).acquire());
+    // One poll runs the acquisition up to its first await: the SET is sent.
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(acquire.as_mut().poll(&mut cx).is_pending());
+    tokio::time::sleep(ms(50)).await;
+    drop(acquire);
+    stalled.join().unwrap();
     assert!(
-        eventually(ms(2000), || server
-            .keys()
-            .iter()
-            .all(|k| k.ends_with(":fence")))
-        .await,
+        eventually(ms(2000), || server.keys().is_empty()).await,
         "a lock was left behind: {:?}",
         server.keys()
     );
-    // Nothing stuck in the local queue either: the lock is free for an immediate try.
-    crate::util::take_and_release(&locks, "a").await;
+    // The SET did run (this is the case under test), and so did the release after it.
+    let calls = server.command_calls();
+    assert_eq!(calls.get("set"), Some(&1), "{calls:?}");
     assert!(
-        acquired > 0 && acquired < 300,
-        "cancellation points not exercised: {acquired}"
+        calls.contains_key("evalsha") || calls.contains_key("eval"),
+        "{calls:?}"
     );
+    crate::util::take_and_release(&locks, "a").await;
+}
+
+/// When the deadline passes while an attempt is in flight (the holder's key expires while the
+/// server is stalled, so the attempt lands late), `acquire` returns either the lock or an
+/// error — and in the error case nothing holds its token when it returns: the clean-up is
+/// awaited, not left to a background task that a process exiting right after would never run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_passing_mid_attempt_leaves_no_lock_behind() {
+    let server = debug_server();
+    let locks = Client::connect(&server.url()).await.unwrap();
+    for round in 0..3u64 {
+        // A peer's lock (no deadbolt token: the waiter re-checks every ~50 ms) that expires
+        // during the stall.
+        crate::util::raw(&server, &["SET", "deadbolt:{a}", "peer", "PX", "150"]);
+        let waiter = {
+            let locks = locks.clone();
+            tokio::spawn(async move { locks.lock("a").wait(ms(120 + round * 10)).acquire().await })
+        };
+        tokio::time::sleep(ms(90)).await;
+        let stalled = stall(&server, 0.25);
+        let outcome = waiter.await.unwrap();
+        stalled.join().unwrap();
+        let left = server.keys();
+        match outcome {
+            Ok(guard) => {
+                assert_eq!(left, ["deadbolt:{a}"]);
+                guard.release().await.unwrap();
+            }
+            Err(err) => {
+                assert!(err.is_contention(), "{err:?}");
+                let holder: Option<String> = redis::cmd("GET")
+                    .arg("deadbolt:{a}")
+                    .query(&mut server.connection())
+                    .unwrap();
+                assert!(
+                    !holder.as_deref().unwrap_or("").starts_with("dbt1-"),
+                    "round {round}: a deadbolt token was left after {err}"
+                );
+            }
+        }
+        crate::util::raw(&server, &["DEL", "deadbolt:{a}"]);
+    }
     assert_clean(&server);
 }
 

@@ -37,7 +37,8 @@ async fn lock_serializes_a_non_atomic_counter_across_clients() {
                         .await
                         .unwrap();
                     assert!(!inside.swap(true, Ordering::SeqCst), "two holders at once");
-                    tokens.lock().unwrap().push(guard.fencing_token());
+                    let token = guard.fencing_token().await.unwrap();
+                    tokens.lock().unwrap().push(token);
                     let n: u64 = conn.get("count").await.unwrap_or(0);
                     tokio::task::yield_now().await;
                     let _: () = conn.set("count", n + 1).await.unwrap();

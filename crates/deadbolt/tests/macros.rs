@@ -125,7 +125,7 @@ struct Order {
 /// The key reads a field of a parameter; the body gets the lock scope as `lock`.
 #[locked(key = "order:{order.id}", client = locks, wait = "1s", guard = lock)]
 async fn ship(locks: &Client, probe: &Client, order: Order) -> Result<(String, bool), AppError> {
-    assert!(lock.fencing_token() > 0);
+    assert!(lock.fencing_token().await? > 0);
     let held = probe.is_locked(&format!("order:{}", order.id)).await?;
     Ok((lock.name().to_owned(), held))
 }

@@ -30,7 +30,7 @@ async fn with_lock_holds_the_lock_around_the_body_and_releases_after() {
             let probe = probe.clone();
             async move {
                 assert!(probe.is_locked("a").await?, "held while the body runs");
-                Ok::<_, AppError>(scope.fencing_token())
+                Ok::<_, AppError>(scope.fencing_token().await?)
             }
         })
         .await

@@ -1,12 +1,14 @@
--- Takes a lock and mints its fencing token in one atomic step.
+-- Takes a lock and mints its fencing token in one atomic step (a fenced acquisition; a plain
+-- one is a single `SET key token NX PX lease GET`).
 --
 -- KEYS[1]: the lock key (holds the owner token)
 -- KEYS[2]: the fencing counter key (same hash slot as KEYS[1])
--- ARGV[1]: the owner token (128 random bits, hex), unique per acquisition
+-- ARGV[1]: the owner token, unique per acquisition
 -- ARGV[2]: the lease, in milliseconds
 -- ARGV[3]: how long the fencing counter outlives its last use, in milliseconds
--- returns: {1, fence} when the lock is ours, {0, pttl} when another owner holds it
---          (pttl is -1 when that owner's key has no expiry, as a peer without TTL leaves it);
+-- returns: {1, fence} when the lock is ours;
+--          {0, pttl, holder} when another owner holds it (pttl is -1 when that owner's key has
+--          no expiry, as a peer without TTL leaves it);
 --          the error "WRONGTYPE <key>" when a key holds something else
 
 -- Reads that can fail come before any write: a script is not rolled back, and a lock taken by a
@@ -29,7 +31,7 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local holder = get(KEYS[1])
   if type(holder) == 'table' then return holder end
   if holder ~= ARGV[1] then
-    return {0, redis.call('PTTL', KEYS[1])}
+    return {0, redis.call('PTTL', KEYS[1]), holder}
   end
   -- A retry after an ambiguous outcome (a timeout): the first attempt landed. Nobody else can
   -- have minted a token since, so the counter still holds ours.

@@ -12,7 +12,7 @@ const LIKES: LockOptions =
 #[locked(key = "likes:{id}", client = locks, guard = g)]
 async fn fenced(locks: &Client, id: u64) -> Result<u64, Error> {
     let _name: &str = g.name();
-    Ok(g.fencing_token() + id)
+    Ok(g.fencing_token().await? + id)
 }
 
 #[locked(key = "likes:{id}", client = locks, options = LIKES)]

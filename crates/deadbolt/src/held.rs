@@ -1,0 +1,232 @@
+//! [`Held`]: what a held lock shares between its guard, its scopes and the watchdog.
+
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::OnceCell;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::conn::Conn;
+use crate::error::{Error, LostReason, Result, is_transient};
+use crate::key::LockKeys;
+use crate::options::drift;
+use crate::queue::Ticket;
+use crate::scripts::MINT;
+
+/// One acquisition of a lock, from the moment Redis said it is ours.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub(crate) name: String,
+    pub(crate) keys: LockKeys,
+    /// The owner token in the lock key.
+    pub(crate) token: String,
+    /// Until when the lock is known to be ours, by the local monotonic clock, and the generation
+    /// of the lease (bumped by every `extend`): a renewal reply is applied only if no `extend`
+    /// was sent since the renewal was, because Redis may have run them in either order.
+    valid_until: Mutex<(Instant, u64)>,
+    /// Cancelled when the lock is lost.
+    pub(crate) lost: CancellationToken,
+    /// Why it was lost; set once, before `lost` is cancelled.
+    reason: OnceLock<LostReason>,
+    /// Stops the task that cancels `lost` at `valid_until`, if one was started (see
+    /// [`Held::lost_token`]).
+    timer: OnceLock<DropGuard>,
+    /// The holder's place in its client's local line. It is given up when the lock is released
+    /// or lost, so a holder stuck past its lease does not block its own process's other tasks
+    /// longer than it blocks other processes.
+    ticket: Mutex<Option<Ticket>>,
+    /// The fencing token, minted by the acquisition (fenced) or on first use.
+    fence: OnceCell<u64>,
+    /// What minting on first use needs.
+    conn: Conn,
+    fence_ttl: Duration,
+    command_timeout: Duration,
+}
+
+/// What makes a [`Held`], besides its validity and ticket.
+#[derive(Debug)]
+pub(crate) struct HeldParts {
+    pub(crate) name: String,
+    pub(crate) keys: LockKeys,
+    pub(crate) token: String,
+    pub(crate) fence: Option<u64>,
+    pub(crate) conn: Conn,
+    pub(crate) fence_ttl: Duration,
+    pub(crate) command_timeout: Duration,
+}
+
+impl Held {
+    pub(crate) fn new(parts: HeldParts, valid_until: Instant, ticket: Ticket) -> Held {
+        Held {
+            name: parts.name,
+            keys: parts.keys,
+            token: parts.token,
+            valid_until: Mutex::new((valid_until, 0)),
+            lost: CancellationToken::new(),
+            reason: OnceLock::new(),
+            timer: OnceLock::new(),
+            ticket: Mutex::new(Some(ticket)),
+            fence: OnceCell::new_with(parts.fence),
+            conn: parts.conn,
+            fence_ttl: parts.fence_ttl,
+            command_timeout: parts.command_timeout,
+        }
+    }
+
+    /// Fires the lost signal and lets the next local task in. The first reason given sticks.
+    pub(crate) fn mark_lost(&self, reason: LostReason) {
+        let _ = self.reason.set(reason);
+        self.lost.cancel();
+        self.take_ticket();
+    }
+
+    /// Why the lock was lost, once it was.
+    pub(crate) fn lost_reason(&self) -> Option<LostReason> {
+        self.reason.get().copied()
+    }
+
+    /// Gives up the place in the local line (after a release, or when lost).
+    pub(crate) fn take_ticket(&self) -> Option<Ticket> {
+        self.ticket.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Whether the holder's local line is subscribed to the lock's channel.
+    pub(crate) fn has_subscription(&self) -> bool {
+        self.ticket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .is_some_and(|t| t.line().subscription.is_some())
+    }
+
+    pub(crate) fn valid_until(&self) -> Instant {
+        self.valid_until.lock().unwrap().0
+    }
+
+    /// The current lease generation, to hand to [`Held::renewed`].
+    pub(crate) fn generation(&self) -> u64 {
+        self.valid_until.lock().unwrap().1
+    }
+
+    /// Records a successful renewal of generation `generation`, sent at `sent`, that set the TTL
+    /// to `lease`. Ignored if the lease changed generation since.
+    pub(crate) fn renewed(&self, generation: u64, sent: Instant, lease: Duration) {
+        let mut valid = self.valid_until.lock().unwrap();
+        if valid.1 == generation {
+            valid.0 = sent + lease - drift(lease);
+        }
+    }
+
+    /// Starts a new lease generation before an `extend` that sets the TTL to `lease`: until the
+    /// reply, the lock counts as valid only as long as both the old and the new TTL say. Returns
+    /// the new generation.
+    pub(crate) fn begin_extend(&self, sent: Instant, lease: Duration) -> u64 {
+        let mut valid = self.valid_until.lock().unwrap();
+        valid.0 = valid.0.min(sent + lease - drift(lease));
+        valid.1 += 1;
+        valid.1
+    }
+
+    /// Waits until the lock is lost, by signal or by the clock. Never later than `valid_until`.
+    pub(crate) async fn lost(&self) {
+        loop {
+            let until = self.valid_until();
+            tokio::select! {
+                _ = self.lost.cancelled() => return,
+                _ = sleep_until(until) => {
+                    // A renewal may have moved the deadline while we slept.
+                    if Instant::now() >= self.valid_until() {
+                        self.mark_lost(LostReason::NotRenewed);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A token cancelled when the lock is lost, by the watchdog or by the clock: a task on the
+    /// current runtime watches `valid_until` for it, started on first use and stopped when the
+    /// lock's state is dropped.
+    pub(crate) fn lost_token(self: &std::sync::Arc<Self>) -> CancellationToken {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return self.lost.child_token();
+        };
+        self.timer.get_or_init(|| {
+            let stop = CancellationToken::new();
+            let (held, lost, stopped) = (
+                std::sync::Arc::downgrade(self),
+                self.lost.clone(),
+                stop.clone(),
+            );
+            rt.spawn(async move {
+                // Holds only a weak reference, so the lock's state can go while this waits.
+                while let Some(until) = held.upgrade().map(|h| h.valid_until()) {
+                    tokio::select! {
+                        _ = lost.cancelled() => return,
+                        _ = stopped.cancelled() => return,
+                        _ = sleep_until(until) => {}
+                    }
+                    if let Some(h) = held.upgrade()
+                        && Instant::now() >= h.valid_until()
+                    {
+                        h.mark_lost(LostReason::NotRenewed);
+                        return;
+                    }
+                }
+            });
+            stop.drop_guard()
+        });
+        self.lost.child_token()
+    }
+
+    /// The fencing token: the one minted with the acquisition, or one minted now by an
+    /// owner-checked script (and kept for later calls).
+    pub(crate) async fn fencing_token(&self) -> Result<u64> {
+        self.fence.get_or_try_init(|| self.mint()).await.copied()
+    }
+
+    async fn mint(&self) -> Result<u64> {
+        let lost = || Error::LockLost {
+            name: self.name.clone(),
+        };
+        if self.lost.is_cancelled() {
+            return Err(lost());
+        }
+        let mut call = MINT.prepare_invoke();
+        call.key(&self.keys.lock)
+            .key(&self.keys.fence)
+            .arg(&self.token)
+            .arg(self.fence_ttl.as_millis() as u64);
+        let mut reply = Err(crate::error::no_reply_error());
+        // One retry after a connection-level failure: minting twice only skips a token.
+        for _ in 0..2 {
+            let mut conn = self.conn.get();
+            reply = timeout(
+                self.command_timeout,
+                call.invoke_async::<Vec<i64>>(&mut conn),
+            )
+            .await
+            .unwrap_or_else(|_| Err(crate::error::no_reply_error()));
+            if !reply.as_ref().is_err_and(is_transient) {
+                break;
+            }
+        }
+        let reply = reply.map_err(|e| Error::from_redis(e, &self.keys.fence))?;
+        match reply.as_slice() {
+            [1, fence] => Ok(*fence as u64),
+            [code, ..] => {
+                self.mark_lost(if *code == 0 {
+                    LostReason::Expired
+                } else {
+                    LostReason::Taken
+                });
+                Err(lost())
+            }
+            [] => Err(Error::Redis(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "empty reply from the fencing script",
+            )))),
+        }
+    }
+}
