@@ -128,8 +128,8 @@ pub(crate) struct LikesArgs {
     #[arg(long, value_name = "P", default_value_t = 1)]
     processes: u32,
 
-    /// Database connections per process (a Postgres server allows 100 by default, over all
-    /// processes)
+    /// Database connections per process; fewer, with a note, when the server's connection limit
+    /// (max_connections, 100 by default on Postgres) would not hold them for every process
     #[arg(long, value_name = "N", default_value_t = 16)]
     pool: u32,
 
