@@ -309,15 +309,18 @@ impl Bench {
     async fn connect(url: &str, plan: &Plan, private: bool) -> anyhow::Result<Bench> {
         let stats = ServerStats::connect(url, private).await?;
         let mut keys = Vec::new();
+        // The floor runs over W1's own command connection: same socket settings, same
+        // multiplexing, so the ratio is the library's cost and nothing else.
+        let w1_client = connect_client(url).await?;
         let floor = if plan.has(Workload::Floor) {
-            let floor = Floor::connect(url, plan.workers).await?;
+            let floor = Floor::new(w1_client.connection(), plan.workers);
             keys.extend(floor.keys().iter().cloned());
             Some(Work::Floor(floor))
         } else {
             None
         };
         let w1 = if plan.has(Workload::W1) {
-            let w1 = W1::new(connect_client(url).await?, plan.workers);
+            let w1 = W1::new(w1_client, plan.workers);
             for name in w1.names() {
                 lock_keys(&w1.client, name, &mut keys)?;
             }

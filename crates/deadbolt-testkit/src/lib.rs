@@ -24,6 +24,15 @@
 //! process dies (`PR_SET_PDEATHSIG`), so even an aborted test run leaves no
 //! `redis-server` behind.
 //!
+//! # Faults
+//!
+//! A server can be killed, paused and restarted in place
+//! ([`RedisServer::kill`], [`pause`](RedisServer::pause),
+//! [`restart`](RedisServer::restart)); the network between a client and it
+//! is faulted by a [`FaultProxy`] (latency, blackhole, reset, refusal).
+//! [`RedisServerBuilder::tls`] starts a TLS server with its own throwaway CA,
+//! and [`RedisServer::acl_user`] adds users with restricted rights.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -42,9 +51,12 @@
 //! ```
 
 mod port;
+mod proxy;
 mod server;
 mod spawn;
+mod tls;
 
+pub use proxy::FaultProxy;
 pub use server::{RedisServer, RedisServerBuilder};
 
 /// Name of the binary looked up on `PATH`.

@@ -13,6 +13,7 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use redis::IntoConnectionInfo;
 
+use crate::tls::{self, TlsFiles};
 use crate::{NOT_FOUND_MESSAGE, REDIS_SERVER_BIN, port, spawn};
 
 /// How many fresh ports [`RedisServerBuilder::start`] tries before giving up.
@@ -44,6 +45,7 @@ const STDERR_FILE: &str = "redis.stderr";
 pub struct RedisServerBuilder {
     password: Option<String>,
     args: Vec<String>,
+    tls: bool,
 }
 
 impl fmt::Debug for RedisServerBuilder {
@@ -51,6 +53,7 @@ impl fmt::Debug for RedisServerBuilder {
         f.debug_struct("RedisServerBuilder")
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("args", &self.args)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -73,6 +76,23 @@ impl RedisServerBuilder {
         self
     }
 
+    /// Makes clients speak TLS: [`RedisServer::url`] becomes
+    /// `rediss://127.0.0.1:PORT`, served with a certificate for `127.0.0.1`
+    /// and `localhost` signed by a throwaway CA made for this server alone
+    /// ([`RedisServer::ca_cert_path`]). Clients need not present a
+    /// certificate (`--tls-auth-clients no`). Needs the `openssl` command,
+    /// and a `redis-server` built with TLS (Debian's is).
+    ///
+    /// The kit's own helpers ([`RedisServer::connection`],
+    /// [`keys`](RedisServer::keys), the readiness probe, …) use a second,
+    /// plain port on 127.0.0.1 that clients are not told about: that keeps
+    /// the kit free of a TLS client, and their results do not depend on the
+    /// TLS set-up under test.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// Starts the server on a free loopback port and waits until it answers
     /// `PING`.
     ///
@@ -81,22 +101,41 @@ impl RedisServerBuilder {
     ///
     /// # Errors
     ///
-    /// [`io::ErrorKind::NotFound`] when `redis-server` is not on `PATH`;
-    /// otherwise an error including the tail of the server log when it exits
-    /// or does not become ready within 10 s.
+    /// [`io::ErrorKind::NotFound`] when `redis-server` (or, for
+    /// [`tls`](Self::tls), `openssl`) is not on `PATH`; otherwise an error
+    /// including the tail of the server log when it exits or does not become
+    /// ready within 10 s.
     pub fn start(self) -> io::Result<RedisServer> {
         let dir = tempfile::Builder::new()
             .prefix("deadbolt-redis-")
             .tempdir()?;
+        let tls = if self.tls {
+            Some(tls::generate(dir.path())?)
+        } else {
+            None
+        };
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
-            let port = port::free_port()?;
-            match launch(&self, port, dir.path()) {
+            let client = port::free_port()?;
+            let helper = if tls.is_some() {
+                // Two calls may hand out the same port once the first is closed.
+                loop {
+                    let p = port::free_port()?;
+                    if p != client {
+                        break p;
+                    }
+                }
+            } else {
+                client
+            };
+            let ports = Ports { client, helper };
+            match launch(&self, ports, tls.as_ref(), dir.path()) {
                 Ok(child) => {
                     return Ok(RedisServer {
                         pid: child.id(),
                         child: Some(child),
-                        port,
+                        ports,
+                        tls,
                         config: self,
                         dir,
                     });
@@ -119,15 +158,26 @@ impl RedisServerBuilder {
 pub struct RedisServer {
     child: Option<Child>,
     pid: u32,
-    port: u16,
+    ports: Ports,
+    tls: Option<TlsFiles>,
     config: RedisServerBuilder,
     dir: tempfile::TempDir,
+}
+
+/// The ports one server listens on.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    /// What clients dial: the plain port, or the TLS port of a TLS server.
+    client: u16,
+    /// A plain port for the kit's own helpers; the same as `client` unless TLS.
+    helper: u16,
 }
 
 impl fmt::Debug for RedisServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisServer")
-            .field("port", &self.port)
+            .field("ports", &self.ports)
+            .field("tls", &self.tls)
             .field("pid", &self.pid)
             .field("running", &self.child.is_some())
             .field("dir", &self.dir.path())
@@ -153,9 +203,11 @@ impl RedisServer {
         RedisServerBuilder::default()
     }
 
-    /// The loopback TCP port; stays the same across [`restart`](Self::restart).
+    /// The loopback TCP port clients dial (the TLS port of a
+    /// [TLS](RedisServerBuilder::tls) server); stays the same across
+    /// [`restart`](Self::restart).
     pub fn port(&self) -> u16 {
-        self.port
+        self.ports.client
     }
 
     /// Process id of the current (or most recent) `redis-server` process;
@@ -166,32 +218,84 @@ impl RedisServer {
 
     /// Connection URL for clients: `redis://127.0.0.1:PORT`, or
     /// `redis://:PASSWORD@127.0.0.1:PORT` (percent-encoded) when a password is
-    /// set.
+    /// set; the scheme is `rediss://` for a [TLS](RedisServerBuilder::tls)
+    /// server.
     pub fn url(&self) -> String {
-        match &self.config.password {
-            Some(pw) => format!("redis://:{}@{}", percent_encode(pw), self.addr()),
-            None => format!("redis://{}", self.addr()),
-        }
+        self.url_to(&self.addr())
     }
 
     /// `127.0.0.1:PORT`, for code that takes a socket address rather than a
     /// URL.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.port())
+    }
+
+    /// The PEM file of the certificate authority that signed a
+    /// [TLS](RedisServerBuilder::tls) server's certificate, for clients to
+    /// trust; `None` for a plain server. Every TLS server has a CA of its own.
+    pub fn ca_cert_path(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|t| t.ca_cert.as_path())
+    }
+
+    /// Creates (or redefines) the ACL user `name` with password `password`
+    /// and the ACL `rules` (`ACL SETUSER name on >password rules…`), and
+    /// returns a URL that logs in as that user, like [`url`](Self::url) but
+    /// with `name:password@` (percent-encoded).
+    ///
+    /// A new user starts with no rights, so `rules` grants them, e.g.
+    /// `&["~*", "+@all"]`. Redis 7 starts users without channel rights
+    /// (`acl-pubsub-default resetchannels`), so that user can neither
+    /// `PUBLISH` nor `SUBSCRIBE`; add `"&*"` to allow every channel.
+    ///
+    /// # Panics
+    ///
+    /// When Redis rejects the command (an invalid rule) or cannot be reached;
+    /// this is a test helper.
+    pub fn acl_user(&self, name: &str, password: &str, rules: &[&str]) -> String {
+        self.query::<()>(
+            redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg(name)
+                .arg("on")
+                .arg(format!(">{password}"))
+                .arg(rules),
+        );
+        build_url(self.scheme(), Some(name), Some(password), &self.addr())
+    }
+
+    /// The URL of [`url`](Self::url) (scheme, password) with `addr` as the
+    /// address, for a proxy in front of this server.
+    pub(crate) fn url_to(&self, addr: &str) -> String {
+        build_url(self.scheme(), None, self.config.password.as_deref(), addr)
+    }
+
+    /// `rediss` for a TLS server, else `redis`.
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        }
     }
 
     /// Opens an authenticated synchronous connection with 2 s read/write
     /// timeouts, so a paused server makes commands fail instead of hanging.
     ///
     /// Skips redis-rs's `CLIENT SETINFO` handshake so it does not show up in
-    /// [`command_calls`](Self::command_calls).
+    /// [`command_calls`](Self::command_calls). For a
+    /// [TLS](RedisServerBuilder::tls) server, it connects to the plain helper
+    /// port instead.
     ///
     /// # Panics
     ///
     /// When the server cannot be reached; this is a test helper.
     pub fn connection(&self) -> redis::Connection {
-        connect(&self.url())
-            .unwrap_or_else(|e| panic!("cannot connect to redis-server at {}: {e}", self.addr()))
+        connect(&helper_url(&self.config, self.ports)).unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to redis-server at 127.0.0.1:{}: {e}",
+                self.ports.helper
+            )
+        })
     }
 
     /// Kills the server with `SIGKILL` and reaps it, to simulate a crash.
@@ -229,7 +333,7 @@ impl RedisServer {
         self.kill();
         let deadline = Instant::now() + RESTART_BIND_WINDOW;
         loop {
-            match launch(&self.config, self.port, self.dir.path()) {
+            match launch(&self.config, self.ports, self.tls.as_ref(), self.dir.path()) {
                 Ok(child) => {
                     self.pid = child.id();
                     self.child = Some(child);
@@ -325,8 +429,14 @@ enum LaunchError {
     Fatal(io::Error),
 }
 
-/// Starts `redis-server` on `port` and waits until it answers `PING`.
-fn launch(config: &RedisServerBuilder, port: u16, dir: &Path) -> Result<Child, LaunchError> {
+/// Starts `redis-server` on `ports` and waits until it answers `PING`.
+fn launch(
+    config: &RedisServerBuilder,
+    ports: Ports,
+    tls: Option<&TlsFiles>,
+    dir: &Path,
+) -> Result<Child, LaunchError> {
+    let port = ports.client;
     let log_path = dir.join(LOG_FILE);
     let stderr_path = dir.join(STDERR_FILE);
     // Logs are appended across launches; remember where this one starts.
@@ -339,9 +449,20 @@ fn launch(config: &RedisServerBuilder, port: u16, dir: &Path) -> Result<Child, L
         .map_err(LaunchError::Fatal)?;
 
     let mut command = Command::new(REDIS_SERVER_BIN);
+    command.arg("--port").arg(ports.helper.to_string());
+    if let Some(tls) = tls {
+        command
+            .arg("--tls-port")
+            .arg(port.to_string())
+            .arg("--tls-cert-file")
+            .arg(&tls.cert)
+            .arg("--tls-key-file")
+            .arg(&tls.key)
+            .arg("--tls-ca-cert-file")
+            .arg(&tls.ca_cert)
+            .args(["--tls-auth-clients", "no"]);
+    }
     command
-        .arg("--port")
-        .arg(port.to_string())
         .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .arg("--dir")
         .arg(dir)
@@ -366,10 +487,9 @@ fn launch(config: &RedisServerBuilder, port: u16, dir: &Path) -> Result<Child, L
         })
     })?;
 
-    let url = match &config.password {
-        Some(pw) => format!("redis://:{}@127.0.0.1:{port}", percent_encode(pw)),
-        None => format!("redis://127.0.0.1:{port}"),
-    };
+    // Redis opens every listener before it serves anyone, and exits when one
+    // fails: a PING answered on the helper port means the TLS port is up too.
+    let url = helper_url(config, ports);
     let log_tail = || {
         let mut tail = read_tail(&stderr_path, stderr_start);
         tail.push_str(&read_tail(&log_path, log_start));
@@ -405,6 +525,22 @@ fn launch(config: &RedisServerBuilder, port: u16, dir: &Path) -> Result<Child, L
             )));
         }
         thread::sleep(READY_POLL);
+    }
+}
+
+/// The plain URL of the kit's helpers, with the default user's password.
+fn helper_url(config: &RedisServerBuilder, ports: Ports) -> String {
+    let addr = format!("127.0.0.1:{}", ports.helper);
+    build_url("redis", None, config.password.as_deref(), &addr)
+}
+
+/// `scheme://[user][:password@]addr`, percent-encoding the credentials.
+fn build_url(scheme: &str, user: Option<&str>, password: Option<&str>, addr: &str) -> String {
+    let user = user.map(percent_encode).unwrap_or_default();
+    match password {
+        Some(pw) => format!("{scheme}://{user}:{}@{addr}", percent_encode(pw)),
+        None if user.is_empty() => format!("{scheme}://{addr}"),
+        None => format!("{scheme}://{user}@{addr}"),
     }
 }
 
@@ -490,6 +626,24 @@ mod tests {
     fn encodes_password_for_url() {
         assert_eq!(percent_encode("a-Z_9.~"), "a-Z_9.~");
         assert_eq!(percent_encode("p@ss:w/rd%"), "p%40ss%3Aw%2Frd%25");
+    }
+
+    #[test]
+    fn builds_urls() {
+        let addr = "127.0.0.1:7";
+        assert_eq!(build_url("redis", None, None, addr), "redis://127.0.0.1:7");
+        assert_eq!(
+            build_url("rediss", None, Some("p@ss"), addr),
+            "rediss://:p%40ss@127.0.0.1:7"
+        );
+        assert_eq!(
+            build_url("redis", Some("b b"), Some("pw"), addr),
+            "redis://b%20b:pw@127.0.0.1:7"
+        );
+        assert_eq!(
+            build_url("redis", Some("bob"), None, addr),
+            "redis://bob@127.0.0.1:7"
+        );
     }
 
     #[test]

@@ -176,3 +176,44 @@ fn restart_waits_for_a_busy_port() {
     release.join().unwrap();
     assert_eq!(ping(&mut server.connection()).unwrap(), "PONG");
 }
+
+#[test]
+fn acl_user_gets_exactly_the_rights_given() {
+    let server = RedisServer::builder().password("admin").start().unwrap();
+    let url = server.acl_user("locker", "p@ss word", &["~*", "+@all"]);
+    assert_eq!(
+        url,
+        format!("redis://locker:p%40ss%20word@127.0.0.1:{}", server.port())
+    );
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(1))
+        .unwrap();
+    let who: String = redis::cmd("ACL").arg("WHOAMI").query(&mut conn).unwrap();
+    assert_eq!(who, "locker");
+    redis::cmd("SET").arg("k").arg("v").exec(&mut conn).unwrap();
+
+    // Redis 7 grants no channels by default (acl-pubsub-default resetchannels).
+    let err = redis::cmd("PUBLISH")
+        .arg("ch")
+        .arg("x")
+        .exec(&mut conn)
+        .expect_err("no channel rights");
+    assert_eq!(err.code(), Some("NOPERM"), "{err}");
+
+    // Redefining the user adds rights; the open connection sees them at once.
+    server.acl_user("locker", "p@ss word", &["&*"]);
+    let receivers: i64 = redis::cmd("PUBLISH")
+        .arg("ch")
+        .arg("x")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(receivers, 0);
+}
+
+#[test]
+#[should_panic(expected = "failed a query")]
+fn acl_user_panics_on_a_bad_rule() {
+    let server = RedisServer::start().unwrap();
+    server.acl_user("u", "pw", &["no-such-rule"]);
+}

@@ -70,6 +70,8 @@ pub struct ClientBuilder {
     command_timeout: Duration,
     connect_timeout: Duration,
     fence_ttl: Duration,
+    #[cfg(feature = "tls")]
+    pub(crate) tls_root_cert: Option<crate::tls::RootCert>,
 }
 
 impl Client {
@@ -98,6 +100,8 @@ impl Client {
             command_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             fence_ttl: Duration::from_secs(7 * 24 * 60 * 60),
+            #[cfg(feature = "tls")]
+            tls_root_cert: None,
         }
     }
 
@@ -163,7 +167,8 @@ impl Client {
     }
 
     /// A connection for commands of your own on the same server (the scripts of
-    /// [`fence`](crate::fence), inspection, tests).
+    /// [`fence`](crate::fence), inspection, tests). It reconnects by itself; its commands have
+    /// no response timeout of their own, so bound them with `tokio::time::timeout`.
     pub fn connection(&self) -> ConnectionManager {
         self.inner.conn.get()
     }
@@ -228,6 +233,14 @@ impl ClientBuilder {
     ///
     /// Cancel safe.
     pub async fn connect(self) -> Result<Client> {
+        #[cfg(feature = "tls")]
+        if self
+            .url
+            .get(..9)
+            .is_some_and(|s| s.eq_ignore_ascii_case("rediss://"))
+        {
+            crate::tls::ensure_crypto_provider();
+        }
         key::validate_prefix(&self.prefix)?;
         for (what, d) in [
             ("command timeout", self.command_timeout),
@@ -256,7 +269,8 @@ impl ClientBuilder {
             .set_redis_settings(redis_settings)
             .set_tcp_settings(tcp_settings());
         #[cfg(feature = "tls")]
-        crate::tls::ensure_crypto_provider();
+        let client = crate::tls::open_client(info, self.tls_root_cert)?;
+        #[cfg(not(feature = "tls"))]
         let client =
             redis::Client::open(info).map_err(|e| Error::invalid("redis url", e.to_string()))?;
         let connect_err = |source| Error::Connect {
@@ -293,9 +307,11 @@ impl ClientBuilder {
         };
         drop(conn);
 
+        // No response timeout in the manager: every command deadbolt sends has its own bound
+        // (a second timer per command would only cost time).
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.command_timeout))
+            .set_response_timeout(None)
             // Reconnect attempts after a drop come at most this far apart: a restarted Redis
             // is found again (and every held lock checked) within about this long.
             .set_max_delay(Duration::from_millis(500))

@@ -34,14 +34,25 @@ pub struct LockKeys {
 impl LockKeys {
     /// Builds the keys of lock `name` under `prefix` (both already validated).
     pub(crate) fn new(prefix: &str, name: &str) -> LockKeys {
-        let lock = if prefix.is_empty() {
-            format!("{{{name}}}")
-        } else {
-            format!("{prefix}:{{{name}}}")
+        // Plain concatenation: this runs once per acquisition, and `format!` costs several
+        // times as much.
+        let mut lock = String::with_capacity(prefix.len() + name.len() + 3);
+        if !prefix.is_empty() {
+            lock.push_str(prefix);
+            lock.push(':');
+        }
+        lock.push('{');
+        lock.push_str(name);
+        lock.push('}');
+        let with = |suffix: &str| {
+            let mut key = String::with_capacity(lock.len() + suffix.len());
+            key.push_str(&lock);
+            key.push_str(suffix);
+            key
         };
         LockKeys {
-            fence: format!("{lock}:fence"),
-            channel: format!("{lock}:released"),
+            fence: with(":fence"),
+            channel: with(":released"),
             lock,
         }
     }

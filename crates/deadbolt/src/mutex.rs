@@ -7,7 +7,6 @@ use std::time::Duration;
 use rand::RngExt;
 use redis::AsyncCommands;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
-use tracing::Instrument;
 
 use crate::client::{Client, Inner};
 use crate::error::{Error, Result, is_transient};
@@ -184,11 +183,6 @@ enum Holder {
 }
 
 async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> {
-    let span = tracing::debug_span!("acquire", lock = %builder.name);
-    acquire_in_span(builder, try_only).instrument(span).await
-}
-
-async fn acquire_in_span(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> {
     let LockBuilder {
         client,
         name,
@@ -277,7 +271,7 @@ async fn acquire_in_span(builder: LockBuilder<'_>, try_only: bool) -> Result<Loc
                 };
                 let held = Arc::new(Held::new(parts, valid_until, ticket));
                 let id = inner.watchdog.register(options.lease, sent, held.clone());
-                tracing::debug!(waited_us = start.elapsed().as_micros() as u64, "acquired");
+                tracing::debug!(lock = %held.name, waited_us = start.elapsed().as_micros() as u64, "acquired");
                 return Ok(LockGuard::new(client.clone(), held, id, options.lease));
             }
             Ok(Attempt::Held(holder)) => {
@@ -509,11 +503,32 @@ const TOKEN_PREFIX: &str = "dbt1-";
 /// A fresh owner token: 128 random bits from the thread-local CSPRNG, and the lease, so a waiter
 /// that reads the token knows how long to wait at most: `dbt1-<32 hex digits>-<lease in ms>`.
 fn new_token(lease: Duration) -> String {
-    format!(
-        "{TOKEN_PREFIX}{:032x}-{}",
-        rand::rng().random::<u128>(),
-        lease.as_millis()
-    )
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let random = rand::rng().random::<u128>();
+    let mut token = String::with_capacity(TOKEN_PREFIX.len() + 32 + 1 + 20);
+    token.push_str(TOKEN_PREFIX);
+    // By hand: `format!("{:032x}")` costs more than the rest of the acquisition's bookkeeping.
+    for shift in (0..32).rev() {
+        token.push(HEX[((random >> (shift * 4)) & 0xf) as usize] as char);
+    }
+    token.push('-');
+    token.push_str(itoa_u64(lease.as_millis() as u64).as_str());
+    token
+}
+
+/// A small number in decimal, without `format!`.
+fn itoa_u64(mut n: u64) -> String {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&digits[i..]).into_owned()
 }
 
 /// Reads a holder's token (`None`: the key is gone) and the key's TTL.
@@ -542,6 +557,9 @@ mod tests {
     #[test]
     fn tokens_tell_deadbolt_holders_from_peers() {
         let token = new_token(Duration::from_millis(1500));
+        assert_eq!(token.len(), 5 + 32 + 1 + 4);
+        assert_eq!(itoa_u64(0), "0");
+        assert_eq!(itoa_u64(u64::MAX), u64::MAX.to_string());
         assert!(matches!(
             holder_of(Some(&token), 1000),
             Holder::Deadbolt { lease } if lease == Duration::from_millis(1500)

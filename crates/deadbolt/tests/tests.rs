@@ -20,6 +20,8 @@ mod interop;
 mod macros;
 /// The scoped form, `Client::with_lock`.
 mod scoped;
+/// `rediss://`: a private CA, untrusted certificates, TLS to a plain server (`tls` feature).
+mod tls;
 /// Waiting: pub/sub wake-ups, the TTL bound, crashed holders, commands per acquisition.
 mod waiting;
 /// The watchdog and the lost signal.

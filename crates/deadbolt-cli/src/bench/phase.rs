@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use deadbolt::{Client, ReleaseOutcome};
 use hdrhistogram::Histogram;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use tokio::task::JoinSet;
 
 use super::Workload;
@@ -112,16 +112,9 @@ pub(crate) struct Floor {
 }
 
 impl Floor {
-    /// Connects with the same timeouts as a deadbolt client, so neither side waits longer.
-    pub(crate) async fn connect(url: &str, workers: usize) -> anyhow::Result<Floor> {
-        let client = redis::Client::open(url).context("invalid redis url")?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)));
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .context("cannot connect the floor's connection")?;
-        Ok(Floor {
+    /// The floor on `conn`, a deadbolt client's own command connection.
+    pub(crate) fn new(conn: ConnectionManager, workers: usize) -> Floor {
+        Floor {
             conn,
             script: Arc::new(redis::Script::new(FLOOR_RELEASE)),
             keys: Arc::new(
@@ -129,7 +122,7 @@ impl Floor {
                     .map(|i| format!("{}:floor:{i}", super::PREFIX))
                     .collect(),
             ),
-        })
+        }
     }
 
     /// The keys the floor uses.

@@ -1,0 +1,275 @@
+//! `FaultProxy` in front of a real `redis-server`: each fault, checked by what a client sees.
+//!
+//! Most tests speak raw RESP over a `TcpStream` (`PING\r\n` → `+PONG\r\n`), so no client
+//! library adds traffic or retries of its own, and every read has a timeout.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use deadbolt_testkit::{FaultProxy, RedisServer};
+
+/// Read timeout of the raw connections: how long a test waits for an answer that must come.
+const ANSWER: Duration = Duration::from_secs(2);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A raw connection to the proxy, reads bounded by [`ANSWER`].
+fn raw(proxy: &FaultProxy) -> TcpStream {
+    let s = TcpStream::connect(proxy.addr()).unwrap();
+    s.set_read_timeout(Some(ANSWER)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Sends `PING` and reads the reply, which must be `+PONG`.
+fn ping(s: &mut TcpStream) -> std::io::Result<()> {
+    s.write_all(b"PING\r\n")?;
+    let mut reply = [0; 7];
+    s.read_exact(&mut reply)?;
+    assert_eq!(&reply, b"+PONG\r\n");
+    Ok(())
+}
+
+/// Polls `cond` every 10 ms for up to 2 s; for what settles in the proxy's threads.
+fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(ms(10));
+    }
+    cond()
+}
+
+#[test]
+fn pass_through_carries_large_values_both_ways() {
+    let server = RedisServer::builder().password("pw").start().unwrap();
+    let proxy = FaultProxy::start(&server).unwrap();
+    assert_eq!(
+        proxy.url(),
+        format!("redis://:pw@127.0.0.1:{}", proxy.addr().port())
+    );
+    let client = redis::Client::open(proxy.url()).unwrap();
+    let mut conn = client.get_connection_with_timeout(ANSWER).unwrap();
+    conn.set_read_timeout(Some(ANSWER)).unwrap();
+
+    // Bigger than any one read or socket buffer: many chunks, reassembled in order.
+    let value: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    redis::cmd("SET")
+        .arg("big")
+        .arg(&value)
+        .exec(&mut conn)
+        .unwrap();
+    let back: Vec<u8> = redis::cmd("GET").arg("big").query(&mut conn).unwrap();
+    assert!(back == value, "value changed on the way");
+    assert_eq!((proxy.accepted(), proxy.open_connections()), (1, 1));
+
+    drop(conn);
+    assert!(eventually(|| proxy.open_connections() == 0));
+    assert_eq!(proxy.accepted(), 1);
+}
+
+#[test]
+fn delay_slows_each_direction() {
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(&server).unwrap();
+    let mut conn = raw(&proxy);
+    ping(&mut conn).unwrap();
+
+    let d = ms(150);
+    proxy.delay(d);
+    for _ in 0..3 {
+        let started = Instant::now();
+        ping(&mut conn).unwrap();
+        let rtt = started.elapsed();
+        // The request waits d on the way in, the reply d on the way out.
+        assert!(rtt >= 2 * d, "round trip {rtt:?} with delay {d:?}");
+        assert!(
+            rtt < 2 * d + ms(1000),
+            "round trip {rtt:?} with delay {d:?}"
+        );
+    }
+
+    // Pipelined requests keep their order and share the delay instead of adding up.
+    let started = Instant::now();
+    conn.write_all(b"PING\r\nECHO a\r\nECHO b\r\n").unwrap();
+    let mut reply = [0; 7 + 7 + 7];
+    conn.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"+PONG\r\n$1\r\na\r\n$1\r\nb\r\n");
+    assert!(started.elapsed() < 4 * d, "{:?}", started.elapsed());
+
+    proxy.delay(Duration::ZERO);
+    let started = Instant::now();
+    ping(&mut conn).unwrap();
+    assert!(
+        started.elapsed() < d,
+        "still delayed: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn blackhole_swallows_bytes_and_keeps_connections_open() {
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(&server).unwrap();
+    let mut old = raw(&proxy);
+    ping(&mut old).unwrap();
+    server.reset_stats();
+
+    proxy.blackhole();
+    old.set_read_timeout(Some(ms(300))).unwrap();
+    // No reply, and neither EOF nor a reset: the read times out on an open connection.
+    let err = ping(&mut old).expect_err("a blackhole answers nothing");
+    assert!(
+        matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "{err}"
+    );
+    // New connections are accepted and stay just as silent.
+    let mut new = raw(&proxy);
+    new.set_read_timeout(Some(ms(300))).unwrap();
+    let err = ping(&mut new).expect_err("a blackhole answers nothing");
+    assert!(
+        matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "{err}"
+    );
+    assert_eq!((proxy.accepted(), proxy.open_connections()), (2, 2));
+    // The server never saw the swallowed PINGs.
+    assert_eq!(server.command_calls().get("ping"), None);
+
+    // Healing resets the connections that lost bytes; fresh ones work.
+    proxy.heal();
+    assert_eq!(proxy.open_connections(), 0);
+    old.set_read_timeout(Some(ANSWER)).unwrap();
+    let mut buf = [0; 1];
+    let err = old
+        .read(&mut buf)
+        .expect_err("a connection with a hole is reset");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    ping(&mut raw(&proxy)).unwrap();
+}
+
+#[test]
+fn blackhole_then_heal_keeps_connections_that_lost_nothing() {
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(&server).unwrap();
+    let mut idle = raw(&proxy);
+    ping(&mut idle).unwrap();
+    proxy.blackhole();
+    proxy.heal();
+    ping(&mut idle).unwrap();
+    assert_eq!((proxy.accepted(), proxy.open_connections()), (1, 1));
+}
+
+#[test]
+fn reset_sends_rst_to_every_open_connection() {
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(&server).unwrap();
+    let mut a = raw(&proxy);
+    let mut b = raw(&proxy);
+    ping(&mut a).unwrap();
+    ping(&mut b).unwrap();
+    let client = redis::Client::open(proxy.url()).unwrap();
+    let mut conn = client.get_connection_with_timeout(ANSWER).unwrap();
+    conn.set_read_timeout(Some(ANSWER)).unwrap();
+    redis::cmd("PING").exec(&mut conn).unwrap();
+    assert_eq!(proxy.open_connections(), 3);
+
+    proxy.reset();
+    assert_eq!(proxy.open_connections(), 0);
+    for s in [&mut a, &mut b] {
+        let mut buf = [0; 1];
+        let err = s.read(&mut buf).expect_err("reset");
+        assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    }
+    let err = redis::cmd("PING")
+        .exec(&mut conn)
+        .expect_err("the client sees the reset");
+    assert!(err.is_connection_dropped(), "{err:?}");
+
+    // New connections are accepted as before.
+    ping(&mut raw(&proxy)).unwrap();
+    assert_eq!(proxy.accepted(), 4);
+}
+
+#[test]
+fn refuse_refuses_new_connections_and_keeps_open_ones() {
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(&server).unwrap();
+    let mut open = raw(&proxy);
+    ping(&mut open).unwrap();
+
+    proxy.refuse();
+    proxy.refuse(); // idempotent
+    let err = TcpStream::connect(proxy.addr()).expect_err("refused");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    ping(&mut open).unwrap();
+    assert_eq!(proxy.accepted(), 1);
+
+    proxy.accept();
+    proxy.accept(); // idempotent
+    ping(&mut raw(&proxy)).unwrap();
+    assert_eq!(proxy.accepted(), 2);
+
+    // heal() also ends a refusal.
+    proxy.refuse();
+    assert!(TcpStream::connect(proxy.addr()).is_err());
+    proxy.heal();
+    ping(&mut raw(&proxy)).unwrap();
+    assert_eq!(proxy.accepted(), 3);
+}
+
+#[test]
+fn dead_upstream_resets_clients_until_it_is_back() {
+    let mut server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(&server).unwrap();
+    server.kill();
+    let mut s = raw(&proxy);
+    let err = ping(&mut s).expect_err("no upstream");
+    assert!(
+        matches!(
+            err.kind(),
+            ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::UnexpectedEof
+        ),
+        "{err}"
+    );
+    server.restart().unwrap();
+    let mut s = raw(&proxy);
+    ping(&mut s).unwrap();
+    assert_eq!((proxy.accepted(), proxy.open_connections()), (2, 1));
+}
+
+#[test]
+fn drop_closes_everything() {
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(&server).unwrap();
+    let addr = proxy.addr();
+    let mut s = raw(&proxy);
+    ping(&mut s).unwrap();
+    proxy.delay(ms(100)); // a writer waiting for a due chunk must not hold up the drop
+    s.write_all(b"PING\r\n").unwrap();
+
+    let started = Instant::now();
+    drop(proxy);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut buf = [0; 1];
+    let err = s.read(&mut buf).expect_err("reset by the drop");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    let err = TcpStream::connect(addr).expect_err("nothing listens any more");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    // The server sees its client go away (the helper's own connection is the one left).
+    assert!(eventually(|| {
+        let clients: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut server.connection())
+            .unwrap();
+        clients.lines().count() == 1
+    }));
+}
