@@ -121,12 +121,21 @@ async fn drain_tasks(limit: Duration) {
     }
 }
 
+/// What is logged without `DEADBOLT_LOG`.
+const DEFAULT_LOG: &str = "warn,sqlx=error";
+
 /// Logs go to stderr, filtered by `DEADBOLT_LOG` (default: warnings, and only errors from sqlx,
 /// whose statement logs would land in the middle of the demo's table), with colours only on a
 /// terminal and without `NO_COLOR`.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DEADBOLT_LOG")
-        .unwrap_or_else(|_| "warn,sqlx=error".into());
+    let filter = match std::env::var("DEADBOLT_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(&spec)
+            .unwrap_or_else(|err| {
+                eprintln!("deadbolt: warning: ignoring DEADBOLT_LOG=`{spec}`: {err}");
+                DEFAULT_LOG.into()
+            }),
+        _ => DEFAULT_LOG.into(),
+    };
     let colour = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()

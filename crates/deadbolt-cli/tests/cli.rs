@@ -995,6 +995,24 @@ fn status_and_run_agree_on_a_key_of_another_type() {
     }
 }
 
+/// Ctrl-C while `status` waits for a Redis that does not answer: 130, as documented.
+#[test]
+fn status_interrupted_exits_130() {
+    let server = RedisServer::start().unwrap();
+    server.pause();
+    let child = deadbolt()
+        .args(["status", "--redis", &server.url(), "k"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let out = wait_with_limit(child, Duration::from_secs(5));
+    server.resume();
+    assert_eq!(code(&out), 130, "{out:?}");
+    assert_eq!(stderr(&out).trim_end(), "deadbolt: interrupted");
+}
+
 // ---------------------------------------------------------------------------------------------
 // `bench`
 
