@@ -137,8 +137,8 @@ impl Redis {
             )
         } else if source.is_timeout() {
             let mut message = format!(
-                "{addr} accepted the connection but did not answer in time: is it a redis \
-                 server, and is it running (not paused or overloaded)?"
+                "no answer from {addr} in time: is the host reachable, and a redis server \
+                 running there (not paused or overloaded)?"
             );
             if self.defaulted {
                 message.push_str(&default_hint());
