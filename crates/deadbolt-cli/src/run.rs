@@ -163,8 +163,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
 
-    let left = command.left();
-    if !left.is_empty() {
+    if !command.left().is_empty() {
         eprintln!(
             "deadbolt: warning: the command exited but left processes of its group running \
              ({}); they run on without the lock",
