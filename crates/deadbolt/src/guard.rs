@@ -140,12 +140,12 @@ impl LockGuard {
         // The local line moves on only now: until the reply, the next local task would find the
         // lock still ours.
         let ticket = held.take_ticket();
-        let (code, subscribers) = reply
+        let code = reply
             .map_err(|_| Error::no_reply())?
             .map_err(|e| Error::from_redis(e, &held.keys.lock))?;
-        hand_off(ticket, subscribers);
+        hand_off(ticket, code);
         let outcome = match code {
-            1 => ReleaseOutcome::Released,
+            1.. => ReleaseOutcome::Released,
             0 => ReleaseOutcome::AlreadyExpired,
             _ => ReleaseOutcome::NotOwner,
         };
@@ -160,11 +160,12 @@ impl LockGuard {
     }
 }
 
-/// Leaves a hand-off mark in the local line when the release found waiters of other clients
-/// (subscribers of the channel other than this client's own line, see `queue.rs`).
-fn hand_off(ticket: Option<Ticket>, others: i64) {
+/// Leaves a hand-off mark in the local line when the release (reply `code` of `release.lua`)
+/// found waiters of other clients (subscribers of the channel other than this client's own
+/// line, see `queue.rs`).
+fn hand_off(ticket: Option<Ticket>, code: i64) {
     if let Some(mut ticket) = ticket
-        && others > 0
+        && code == 2
     {
         ticket.hand_off();
     }
@@ -202,8 +203,8 @@ impl Drop for LockGuard {
             let mut conn = conn.get();
             let release = scripts::release(&mut conn, &held.keys, &held.token, own);
             let reply = timeout(limit, release).await;
-            if let Ok(Ok((1, subscribers))) = reply {
-                hand_off(ticket, subscribers);
+            if let Ok(Ok(code)) = reply {
+                hand_off(ticket, code);
             }
         });
     }

@@ -230,17 +230,10 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
         // The release that let us in found waiters of other clients. Trying at once would beat
         // them every time (they need a pub/sub hop first) and starve other processes: give them
         // a moment to take the lock, then try like them (at least once, whatever the deadline).
-        tracing::debug!("handing off to waiters of other clients");
+        // A plain sleep: the release message itself reaches this client's own subscription too.
+        tracing::debug!(lock = %name, "handing off to waiters of other clients");
         busy = true;
-        let notify = subscribe(inner, &mut ticket, &pending.keys.channel, deadline).await;
-        let until = (Instant::now() + HAND_OFF).min(deadline);
-        match notify {
-            Some(notify) => tokio::select! {
-                _ = notify.notified() => {}
-                _ = sleep_until(until) => {}
-            },
-            None => sleep_until(until).await,
-        }
+        sleep_until((Instant::now() + HAND_OFF).min(deadline)).await;
     }
     loop {
         if busy && ticket.line().subscription.is_none() {

@@ -28,15 +28,16 @@ pub(crate) static RENEW: LazyLock<Script> =
 pub(crate) static FENCED_SET: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/fenced_set.lua")));
 
-/// Runs `release.lua` for one lock: (1, other clients waiting) released, (0, 0) already
-/// expired, (-1, 0) held by another owner. `own_subscription`: this client is subscribed to the
-/// lock's channel itself, which is not someone to wake.
+/// Runs `release.lua` for one lock: 1 released, 2 released with other clients waiting, 3
+/// released without telling waiters (no channel rights), 0 already expired, -1 held by another
+/// owner. `own_subscription`: this client is subscribed to the lock's channel itself, which is
+/// not someone to wake.
 pub(crate) async fn release(
     conn: &mut impl redis::aio::ConnectionLike,
     keys: &crate::key::LockKeys,
     token: &str,
     own_subscription: bool,
-) -> redis::RedisResult<(i64, i64)> {
+) -> redis::RedisResult<i64> {
     let mut call = RELEASE.prepare_invoke();
     call.key(&keys.lock)
         .arg(token)

@@ -99,6 +99,44 @@ async fn bad_urls_and_unreachable_servers_fail_fast() {
     );
 }
 
+/// No error shows a password from the URL: not its message, not its `Debug`, not any error
+/// in its `source()` chain, whatever the password looks like and however the connect failed.
+#[tokio::test]
+async fn no_error_shows_the_password() {
+    let free_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = RedisServer::builder().password("right").start().unwrap();
+    for (secret, encoded) in [
+        ("s3cret", "s3cret"),
+        ("p@ss:w/rd", "p%40ss%3Aw%2Frd"),
+        ("hunter2-ünïcode", "hunter2-%C3%BCn%C3%AFcode"),
+    ] {
+        let urls = [
+            format!("redis://:{encoded}@127.0.0.1:{free_port}"),
+            format!("redis://bob:{encoded}@127.0.0.1:{free_port}/0"),
+            format!("redis://:{encoded}@127.0.0.1:notaport"),
+            format!("redis://:{encoded}@{}", server.addr()),
+            format!("redis://:{encoded}@127.0.0.1:{free_port}/not-a-db"),
+            format!(":{encoded}@127.0.0.1"),
+        ];
+        for url in urls {
+            let err = Client::connect(&url).await.unwrap_err();
+            let mut shown = format!("{err} {err:?}");
+            let mut source = std::error::Error::source(&err);
+            while let Some(e) = source {
+                shown.push_str(&format!(" {e} {e:?}"));
+                source = e.source();
+            }
+            for needle in [secret, encoded] {
+                assert!(!shown.contains(needle), "{url}: {needle} in {shown}");
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn wrong_password_is_a_connect_error() {
     let server = RedisServer::builder().password("right").start().unwrap();

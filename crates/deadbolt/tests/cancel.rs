@@ -163,3 +163,51 @@ async fn a_failed_release_frees_the_local_line() {
     drop(scope);
     assert_clean(&server);
 }
+
+/// A `release()` dropped after its script was sent and before the reply falls back to the
+/// guard's drop, which releases again: the lock is free long before its 30 s lease ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_release_still_releases() {
+    let server = debug_server();
+    let locks = Client::connect(&server.url()).await.unwrap();
+    let guard = locks
+        .lock("a")
+        .lease(Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap();
+    let stalled = stall(&server, 0.3);
+    let mut release = Box::pin(guard.release());
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(release.as_mut().poll(&mut cx).is_pending());
+    tokio::time::sleep(ms(50)).await;
+    drop(release);
+    stalled.join().unwrap();
+    assert!(
+        eventually(ms(2000), || server.keys().is_empty()).await,
+        "the lock was left for its lease: {:?}",
+        server.keys()
+    );
+    let other = client(&server).await;
+    crate::util::take_and_release(&other, "a").await;
+}
+
+/// A guard dropped where no runtime runs (a plain thread) while a `LockScope` of it lives on
+/// does not hold up this client's line: its next task gets the lock once the lease is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_dropped_outside_a_runtime_frees_the_local_line() {
+    let (server, locks) = setup().await;
+    let guard = locks.lock("a").lease(ms(300)).acquire().await.unwrap();
+    let scope = guard.scope();
+    std::thread::spawn(move || drop(guard)).join().unwrap();
+    let started = std::time::Instant::now();
+    let next = locks.lock("a").wait(ms(3000)).acquire().await.unwrap();
+    assert!(
+        started.elapsed() < ms(1500),
+        "waited {:?}",
+        started.elapsed()
+    );
+    next.release().await.unwrap();
+    drop(scope);
+    assert_clean(&server);
+}

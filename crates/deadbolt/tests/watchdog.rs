@@ -183,3 +183,33 @@ async fn a_renewal_reply_does_not_undo_a_shorter_extend() {
         );
     }
 }
+
+/// The token of a fixed-lease lock fires at its validity, like `lost()`, though no renewal
+/// runs for it; and for a hundred locks at once, none fires late because others are slow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_tokens_fire_by_valid_until_for_fixed_leases() {
+    let (server, locks) = setup().await;
+    let mut guards = Vec::new();
+    for i in 0..100 {
+        let guard = locks
+            .lock(format!("f{i}"))
+            .lease(ms(300))
+            .acquire()
+            .await
+            .unwrap();
+        let token = guard.lost_token();
+        guards.push((guard, token));
+    }
+    server.pause();
+    for (guard, token) in &guards {
+        let until = tokio::time::Instant::from_std(guard.valid_until());
+        tokio::time::timeout_at(until + ms(50), token.cancelled())
+            .await
+            .expect("the token fired late");
+        assert_eq!(guard.lost_reason(), Some(deadbolt::LostReason::NotRenewed));
+    }
+    server.resume();
+    for (guard, _) in guards {
+        let _ = guard.release().await;
+    }
+}

@@ -5,28 +5,28 @@
 -- ARGV[2]: the release channel
 -- ARGV[3]: 1 if the caller's own client is subscribed to the channel (its line keeps the
 --          subscription while other local tasks wait their turn), else 0
--- returns: {1, n} released, with n other clients subscribed to the channel (waiting), or
---          n = -1 when they could not be told (an ACL user without rights on the channel);
---          {0, 0} already expired (no key); {-1, 0} held by another owner
---          (redsync tells the last two apart the same way)
+-- returns: 1 released, nobody else waits; 2 released, and other clients wait (subscribed to the
+--          channel); 3 released, but waiters could not be told (an ACL user without rights on
+--          the channel); 0 already expired (no key); -1 held by another owner (redsync tells
+--          the last two apart the same way). One integer: a table reply costs Redis more.
 
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  -- Waiters sleep on this channel instead of polling. NUMSUB counts exact subscribers only (no
-  -- pattern subscribers), which the caller uses to decide whether other clients wait, and saves
-  -- the PUBLISH when nobody does.
-  local subs = redis.pcall('PUBSUB', 'NUMSUB', ARGV[2])
-  local n = 0
-  if type(subs) == 'table' and subs[2] then n = subs[2] - tonumber(ARGV[3]) end
-  if n > 0 then
-    -- pcall: the lock is already deleted, and a user without channel rights must not turn a
-    -- done release into an error. Waiters then find out by their bounded re-checks.
-    local published = redis.pcall('PUBLISH', ARGV[2], 'released')
-    if type(published) == 'table' then n = -1 end
+  -- Waiters sleep on this channel instead of polling. pcall: the lock is already deleted, and
+  -- a user without channel rights must not turn a done release into an error (its waiters
+  -- find out by their bounded re-checks).
+  local n = redis.pcall('PUBLISH', ARGV[2], 'released')
+  if type(n) ~= 'number' then return 3 end
+  if n > tonumber(ARGV[3]) then
+    -- PUBLISH also counts pattern subscribers, which are not waiters; when it reached anyone
+    -- (rare without contention), count the channel's own subscribers instead.
+    local subs = redis.pcall('PUBSUB', 'NUMSUB', ARGV[2])
+    if type(subs) == 'table' and subs[2] then n = subs[2] end
   end
-  return {1, n}
+  if n > tonumber(ARGV[3]) then return 2 end
+  return 1
 elseif holder then
-  return {-1, 0}
+  return -1
 end
-return {0, 0}
+return 0
