@@ -62,7 +62,9 @@ use deadbolt::Client;
 use self::phase::{Floor, Phase, Stop, W1, W2, Work, run_phase};
 use self::report::{Ideal, Measured, Report};
 use self::server::{Census, CensusCounts, ServerStats};
-use crate::RedisArgs;
+use crate::embedded::PrivateRedisArgs;
+use crate::exit::{Interrupted, usage};
+use crate::human;
 
 /// The key prefix of every deadbolt client of the bench, so its keys never mix with real locks.
 const PREFIX: &str = "bench";
@@ -87,7 +89,7 @@ const MAX_ROUNDS: usize = 100;
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     #[command(flatten)]
-    redis: RedisArgs,
+    redis: PrivateRedisArgs,
 
     /// Workload to run; repeat for several [default: all: floor, w1, w2]
     #[arg(long = "workload", value_name = "NAME", value_enum, ignore_case = true)]
@@ -181,7 +183,9 @@ impl Plan {
     fn new(args: &Args) -> anyhow::Result<Plan> {
         let check = |name: &str, value: usize, max: usize| -> anyhow::Result<()> {
             if value == 0 || value > max {
-                bail!("{name} must be between 1 and {max}, not {value}");
+                return Err(usage(format!(
+                    "{name} must be between 1 and {max}, not {value}"
+                )));
             }
             Ok(())
         };
@@ -198,29 +202,32 @@ impl Plan {
         workloads.dedup();
         // Only checked when W2 runs: `--clients 8` is harmless next to `--workload w1`.
         if workloads.contains(&Workload::W2) && args.clients > args.w2_workers {
-            bail!(
+            return Err(usage(format!(
                 "--clients ({}) must not exceed --w2-workers ({}): a client without workers \
                  measures nothing",
-                args.clients,
-                args.w2_workers
-            );
+                args.clients, args.w2_workers
+            )));
         }
         if args.hold > MAX_HOLD {
-            bail!(
+            return Err(usage(format!(
                 "--hold must be at most {}, not {}: W2's lease is 5 s",
-                humantime::format_duration(MAX_HOLD),
-                humantime::format_duration(args.hold)
-            );
+                human::duration(MAX_HOLD),
+                human::duration(args.hold)
+            )));
         }
         let stop = match args.ops {
-            Some(0) => bail!("--ops must be at least 1"),
+            Some(0) => return Err(usage("--ops must be at least 1")),
             Some(ops) => Stop::ops(ops),
-            None if args.duration.is_zero() => bail!("--duration must be longer than 0s"),
-            None if args.duration > MAX_DURATION => bail!(
-                "--duration must be at most {}, not {}",
-                humantime::format_duration(MAX_DURATION),
-                humantime::format_duration(args.duration)
-            ),
+            None if args.duration.is_zero() => {
+                return Err(usage("--duration must be longer than 0s"));
+            }
+            None if args.duration > MAX_DURATION => {
+                return Err(usage(format!(
+                    "--duration must be at most {}, not {}",
+                    human::duration(MAX_DURATION),
+                    human::duration(args.duration)
+                )));
+            }
             None => Stop::time(args.duration),
         };
         Ok(Plan {
@@ -247,18 +254,23 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     // Kept alive to the end: dropping it stops the private server.
     let target = args.redis.target()?;
     let private = target.server.is_some();
-    let mut bench = Bench::connect(&target.url, &plan, private).await?;
+    // One plain connection first, so an unreachable Redis or a wrong password fails at once, and
+    // with the same message as every other command, rather than after the reconnect back-off of
+    // the bench's own connections.
+    let probe = target.redis.client(PREFIX).await?;
+    let mut bench = Bench::connect(target.url(), &plan, private).await?;
+    drop(probe);
     let outcome = tokio::select! {
         outcome = bench.run_all(&plan) => outcome,
         // Dropping `run_all` aborts the workers (they live in JoinSets), so the cleanup below
         // does not race them.
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        _ = tokio::signal::ctrl_c() => Err(Interrupted.into()),
     };
     // Best effort and never fatal: a failed cleanup must not hide the results or the error.
     if let Err(err) = bench.cleanup().await {
         eprintln!(
             "deadbolt: warning: could not delete the bench keys: {}",
-            crate::chain(&err)
+            crate::exit::chain(&err)
         );
     }
     let reports = outcome?;
@@ -509,7 +521,7 @@ fn warn_none<T>(what: &str, result: anyhow::Result<T>) -> Option<T> {
         Err(err) => {
             eprintln!(
                 "deadbolt: bench: warning: {what} unavailable: {}",
-                crate::chain(&err)
+                crate::exit::chain(&err)
             );
             None
         }

@@ -78,7 +78,8 @@ use self::db::{DbKind, DemoDb, Sql};
 use self::likes::Likes;
 use self::report::Row;
 use self::tally::Tally;
-use crate::RedisArgs;
+use crate::embedded::PrivateRedisArgs;
+use crate::exit::{Interrupted, usage};
 
 /// Options of `deadbolt demo`.
 #[derive(Debug, clap::Args)]
@@ -104,10 +105,11 @@ enum DemoCommand {
 One row per mode: expected = likes sent, like_counts = the movie's counter at the end, \
 likes_rows = likes that committed. like_counts < likes_rows means lost updates; likes_rows < \
 expected means failed likes, by kind under errors. Exit status 0 when the demo ran (whatever \
-the modes without a correct lock showed), 70 on bad input or when a database or Redis failed.")]
+the modes without a correct lock showed), 2 on bad input, 70 when a database or Redis failed, \
+130 when interrupted (the demo's schema, database or file is dropped first).")]
 pub(crate) struct LikesArgs {
     #[command(flatten)]
-    redis: RedisArgs,
+    redis: PrivateRedisArgs,
 
     /// Users liking the movie at the same instant, one like each
     #[arg(long, value_name = "N", default_value_t = 1000)]
@@ -126,8 +128,8 @@ pub(crate) struct LikesArgs {
     #[arg(long, value_name = "P", default_value_t = 1)]
     processes: u32,
 
-    /// Database connections per process (a Postgres server allows 100 by default, over all
-    /// processes)
+    /// Database connections per process; fewer, with a note, when the server's connection limit
+    /// (max_connections, 100 by default on Postgres) would not hold them for every process
     #[arg(long, value_name = "N", default_value_t = 16)]
     pool: u32,
 
@@ -218,25 +220,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
 ///
 /// Redis is unreachable or refuses.
 pub(crate) async fn connect_locks(url: &str) -> anyhow::Result<deadbolt::Client> {
-    deadbolt::Client::connect(url)
-        .await
-        .map_err(|err| flat(&err))
+    let redis = crate::connect::Redis::given(url)?;
+    redis.connect(deadbolt::Client::builder(url)).await
 }
 
 /// An error and its causes as one message, leaving out a cause whose text the message already
 /// holds: sqlx and redis errors print their source in their own message too, so the usual
 /// cause-by-cause line would say "connection refused" twice.
 pub(crate) fn flat(err: &(dyn std::error::Error + 'static)) -> anyhow::Error {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message = format!("{message}: {text}");
-        }
-        source = cause.source();
-    }
-    anyhow::anyhow!(message)
+    anyhow::anyhow!(crate::exit::one_line(err))
 }
 
 /// `deadbolt demo likes`: checks the input, creates the namespace, runs, and drops the namespace
@@ -244,10 +236,10 @@ pub(crate) fn flat(err: &(dyn std::error::Error + 'static)) -> anyhow::Error {
 async fn likes(args: LikesArgs) -> anyhow::Result<()> {
     // Everything that can be checked without a server is, before anything is created.
     if args.users == 0 {
-        bail!("--users must be at least 1");
+        return Err(usage("--users must be at least 1"));
     }
     if args.processes == 0 || args.pool == 0 {
-        bail!("--processes and --pool must be at least 1");
+        return Err(usage("--processes and --pool must be at least 1"));
     }
     let kind = match &args.database_url {
         Some(url) => DbKind::of_url(url)?,
@@ -257,7 +249,7 @@ async fn likes(args: LikesArgs) -> anyhow::Result<()> {
     let mut modes: Vec<Mode> = Vec::new();
     for mode in &args.modes {
         if !available.contains(mode) {
-            bail!(
+            return Err(usage(format!(
                 "mode {} is not available on {}; its modes are {}",
                 mode.name(),
                 kind.name(),
@@ -266,7 +258,7 @@ async fn likes(args: LikesArgs) -> anyhow::Result<()> {
                     .map(|m| m.name())
                     .collect::<Vec<_>>()
                     .join(", ")
-            );
+            )));
         }
         if !modes.contains(mode) {
             modes.push(*mode);
@@ -281,7 +273,7 @@ async fn likes(args: LikesArgs) -> anyhow::Result<()> {
     let db = DemoDb::create(args.database_url.as_deref()).await?;
     let outcome = tokio::select! {
         outcome = run_modes(&args, &db, &modes) => outcome,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        _ = tokio::signal::ctrl_c() => Err(Interrupted.into()),
     };
     let dropped = db
         .drop_namespace()
@@ -299,28 +291,32 @@ struct Setup<'a> {
     redis: String,
     /// This process's likers (with one process) and the pool that resets and counts.
     likes: Arc<Likes>,
+    /// Database connections per liker process: `--pool`, or fewer to fit the server's limit.
+    pool: u32,
 }
 
 /// Connects Redis, runs every mode and prints a row for each.
 async fn run_modes(args: &LikesArgs, db: &DemoDb, modes: &[Mode]) -> anyhow::Result<()> {
     // Kept to the end: a private redis-server stops when its target is dropped.
     let target = args.redis.target()?;
-    let locks = connect_locks(&target.url).await?;
+    let locks = connect_locks(target.url()).await?;
+    let pool = fit_pool(args, db, db.connection_budget().await?)?;
     // With worker processes, this pool only resets and counts.
-    let pool_size = if args.processes == 1 { args.pool } else { 1 };
+    let pool_size = if args.processes == 1 { pool } else { 1 };
     let setup = Setup {
         args,
         db,
-        redis: target.url.clone(),
+        redis: target.url().to_owned(),
         likes: Arc::new(Likes {
             db: db.pool(pool_size).await?,
             locks,
             sql: Sql::new(db.kind),
             think: args.think,
         }),
+        pool,
     };
     if !args.json {
-        print_header(args, db, &target);
+        print_header(args, db, &target, pool);
         println!("{}", report::table_header());
     }
     let mut rows = Vec::new();
@@ -358,8 +354,51 @@ async fn run_modes(args: &LikesArgs, db: &DemoDb, modes: &[Mode]) -> anyhow::Res
     Ok(())
 }
 
+/// Connections left free on a database server for everyone else (an admin's psql, monitoring).
+const HEADROOM: i64 = 5;
+
+/// The database connections each liker process may open: `--pool`, or fewer when the server's
+/// limit would not hold `--processes` × `--pool` (pools that cannot open their connections
+/// would fail with a bare "timed out").
+///
+/// # Errors
+///
+/// The server does not have even one connection per process to spare.
+fn fit_pool(args: &LikesArgs, db: &DemoDb, budget: Option<db::Budget>) -> anyhow::Result<u32> {
+    let Some(budget) = budget else {
+        return Ok(args.pool);
+    };
+    // With worker processes the parent keeps one connection of its own to reset and count.
+    let parent = i64::from(args.processes > 1);
+    let free = budget.max - budget.in_use - HEADROOM - parent;
+    let per_process = (free / i64::from(args.processes)).clamp(0, i64::from(args.pool));
+    let limit = format!(
+        "{} at {} allows {} connections and {} are in use",
+        db.kind.name(),
+        db.shown,
+        budget.max,
+        budget.in_use
+    );
+    if per_process == 0 {
+        bail!(
+            "{limit}: not even one per process for {} processes (keeping {HEADROOM} free); \
+             lower --processes, or raise the server's max_connections",
+            args.processes
+        );
+    }
+    let per_process = per_process as u32;
+    if per_process < args.pool {
+        eprintln!(
+            "deadbolt: demo: {limit}: {} × --pool {} would not fit (keeping {HEADROOM} free), so \
+             each process gets {per_process} connections",
+            args.processes, args.pool
+        );
+    }
+    Ok(per_process)
+}
+
 /// The lines above the table: what runs where.
-fn print_header(args: &LikesArgs, db: &DemoDb, target: &crate::embedded::Target) {
+fn print_header(args: &LikesArgs, db: &DemoDb, target: &crate::embedded::Target, pool: u32) {
     let where_db = match db.kind {
         DbKind::Sqlite => format!(
             "sqlite, {} (WAL, busy_timeout {:?})",
@@ -370,7 +409,7 @@ fn print_header(args: &LikesArgs, db: &DemoDb, target: &crate::embedded::Target)
     };
     let where_redis = match &target.server {
         Some(server) => format!("a private redis-server on {}", server.addr()),
-        None => crate::demo::db::redact(&target.url),
+        None => crate::connect::redact(target.url()),
     };
     let processes = match args.processes {
         1 => "1 process".to_owned(),
@@ -394,10 +433,7 @@ fn print_header(args: &LikesArgs, db: &DemoDb, target: &crate::embedded::Target)
         "  redis:    {where_redis} (lock movie-likes:{})",
         args.movie
     );
-    println!(
-        "  likers:   {processes}, {} database connections each; {think}",
-        args.pool
-    );
+    println!("  likers:   {processes}, {pool} database connections each; {think}");
     println!();
 }
 
@@ -420,7 +456,7 @@ async fn run_mode(setup: &Setup<'_>, mode: Mode) -> anyhow::Result<Row> {
             movie: args.movie,
             users,
             processes: args.processes,
-            pool: args.pool,
+            pool: setup.pool,
             think: args.think,
         };
         let ran = worker::run_processes(spawn, &progress).await;

@@ -1,24 +1,48 @@
-//! The embedded default: without `--redis`, a private `redis-server` for this command only.
+//! `bench` and `demo` without `--redis`: a private `redis-server` for this command only.
+//!
+//! Only these two start one: they measure or show the lock, and need no other holder. `run` and
+//! `status` never do (see [`crate::connect`]): a lock nobody else can see excludes nobody.
 
 use anyhow::{Context, bail};
 use deadbolt_testkit::{RedisServer, redis_server_available};
 
-use crate::RedisArgs;
+use crate::connect::Redis;
+
+/// Where the Redis server is (`bench`, `demo`).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct PrivateRedisArgs {
+    /// Redis URL, e.g. redis://:PASSWORD@10.0.0.5:6379/0 [default: a private redis-server
+    /// started for this command]
+    #[arg(
+        long,
+        env = "DEADBOLT_REDIS_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub(crate) redis: Option<String>,
+}
 
 /// The Redis to use, and the private server behind it if one had to be started (it stops when
 /// dropped).
 #[derive(Debug)]
 pub(crate) struct Target {
-    pub(crate) url: String,
+    pub(crate) redis: Redis,
     pub(crate) server: Option<RedisServer>,
 }
 
-impl RedisArgs {
+impl Target {
+    /// The URL, password included.
+    pub(crate) fn url(&self) -> &str {
+        &self.redis.url
+    }
+}
+
+impl PrivateRedisArgs {
     /// Resolves `--redis`, starting a private server when none is given.
     pub(crate) fn target(&self) -> anyhow::Result<Target> {
-        if let Some(url) = &self.redis {
+        if let Some(url) = self.redis.as_deref().filter(|url| !url.trim().is_empty()) {
             return Ok(Target {
-                url: url.clone(),
+                redis: Redis::given(url.trim())?,
                 server: None,
             });
         }
@@ -30,12 +54,11 @@ impl RedisArgs {
         }
         let server = RedisServer::start().context("cannot start a private redis-server")?;
         eprintln!(
-            "deadbolt: no --redis given; started a private redis-server on {} for this command \
-             (locks are private to it: pass --redis or set DEADBOLT_REDIS_URL to share them)",
+            "deadbolt: no --redis given; started a private redis-server on {} for this command",
             server.addr()
         );
         Ok(Target {
-            url: server.url(),
+            redis: Redis::given(&server.url())?,
             server: Some(server),
         })
     }

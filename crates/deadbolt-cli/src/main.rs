@@ -4,27 +4,55 @@
 //!   machines.
 //! - `deadbolt status NAME` shows whether a lock is held, its TTL and its fencing counter.
 //! - `deadbolt bench` measures the lock against a raw `SET NX PX` floor.
+//! - `deadbolt demo likes` shows, on a real database, why the lock goes around the transaction.
 //!
-//! Without `--redis` (or `DEADBOLT_REDIS_URL`) each command starts a private `redis-server` on
-//! a free loopback port for its own duration, and says so.
+//! `run` and `status` use the Redis of `--redis` (or `DEADBOLT_REDIS_URL`), by default
+//! `redis://127.0.0.1:6379` as `redis-cli` does, and fail when nothing answers there. `bench` and
+//! `demo` start a private `redis-server` when no URL is given, and say so.
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod connect;
 mod demo;
 mod embedded;
+mod exit;
+mod human;
 mod run;
 mod status;
 
+/// How long, at most, clean-ups the library left running may take before the process exits,
+/// after a command dropped lock state midway (an error, a signal).
+const DRAIN: Duration = Duration::from_secs(2);
+/// How long a command that finished everything it started still lets stray clean-ups run:
+/// enough for a release on a nearby server, short enough not to be noticed.
+const SETTLE: Duration = Duration::from_millis(20);
+
 /// Distributed locks on Redis, from the shell.
 #[derive(Debug, Parser)]
-#[command(name = "deadbolt", version, about)]
+#[command(name = "deadbolt", version, about, after_help = AFTER_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// The text under `deadbolt --help`.
+const AFTER_HELP: &str = "\
+Environment:
+  DEADBOLT_REDIS_URL  the Redis URL when --redis is not given; run and status default to
+                      redis://127.0.0.1:6379 (as redis-cli), bench and demo start a private
+                      redis-server
+  DEADBOLT_LOG        what to log on stderr, as a tracing filter: warn (the default), info,
+                      debug, deadbolt=debug, …
+  NO_COLOR            when set, log lines have no colours (they only get colours on a terminal)
+
+Exit status: 0 on success; 2 for a usage error (an unknown option, a bad value); 70 when deadbolt
+failed (Redis unreachable or refusing, a database failing); 130 when interrupted with Ctrl-C.
+`deadbolt run` exits with the command's status, or 75 and 76: see `deadbolt run --help`.";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -38,24 +66,10 @@ enum Command {
     Demo(demo::Args),
 }
 
-/// Where the Redis server is.
-#[derive(Debug, Clone, clap::Args)]
-pub(crate) struct RedisArgs {
-    /// Redis URL, e.g. redis://:password@10.0.0.5:6379/0 [default: a private redis-server
-    /// started for this command]
-    #[arg(long, env = "DEADBOLT_REDIS_URL", value_name = "URL")]
-    pub(crate) redis: Option<String>,
-}
-
 fn main() -> ExitCode {
+    // Usage errors exit 2 here, as documented.
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DEADBOLT_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -63,30 +77,70 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("deadbolt: cannot start the async runtime: {err}");
-            return ExitCode::from(run::EXIT_INTERNAL);
+            return ExitCode::from(exit::EXIT_INTERNAL);
         }
     };
+    // The command runs on this (the main) thread: `run` forks its command from here, which ties
+    // the command's parent-death signal to a thread that lives as long as the process.
     let result = runtime.block_on(async {
-        match cli.command {
+        let result = match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Status(args) => status::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Bench(args) => bench::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Demo(args) => demo::run(args).await,
-        }
+        };
+        // Every client is dropped by now, but clean-ups it spawned may still be on their way to
+        // Redis: the release of an acquisition abandoned on a signal, a dropped guard's release.
+        // A runtime shutting down cancels its tasks, so let them land first. (The wait ends as
+        // soon as no task is left; a client's idle heartbeat can outlive it by up to a second,
+        // which is why a clean exit does not wait for the full limit.)
+        let limit = if result.is_err() || exit::was_abandoned() {
+            DRAIN
+        } else {
+            SETTLE
+        };
+        drain_tasks(limit).await;
+        result
     });
+    runtime.shutdown_timeout(Duration::from_millis(100));
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("deadbolt: {}", chain(&err));
-            ExitCode::from(run::EXIT_INTERNAL)
+            eprintln!("deadbolt: {}", exit::chain(&err));
+            exit::code_of(&err)
         }
     }
 }
 
-/// An error and its causes on one line: "cannot connect to redis at 127.0.0.1:1: connection refused".
-pub(crate) fn chain(err: &anyhow::Error) -> String {
-    err.chain()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
+/// Waits until no task is left on the runtime, or `limit` has passed.
+async fn drain_tasks(limit: Duration) {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let start = Instant::now();
+    while metrics.num_alive_tasks() > 0 && start.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// What is logged without `DEADBOLT_LOG`.
+const DEFAULT_LOG: &str = "warn,sqlx=error";
+
+/// Logs go to stderr, filtered by `DEADBOLT_LOG` (default: warnings, and only errors from sqlx,
+/// whose statement logs would land in the middle of the demo's table), with colours only on a
+/// terminal and without `NO_COLOR`.
+fn init_logging() {
+    let filter = match std::env::var("DEADBOLT_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(&spec)
+            .unwrap_or_else(|err| {
+                eprintln!("deadbolt: warning: ignoring DEADBOLT_LOG=`{spec}`: {err}");
+                DEFAULT_LOG.into()
+            }),
+        _ => DEFAULT_LOG.into(),
+    };
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour)
+        .with_writer(std::io::stderr)
+        .init();
 }

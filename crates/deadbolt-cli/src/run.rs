@@ -1,32 +1,46 @@
 //! `deadbolt run`: run a command while holding a lock, like `flock`, across machines.
+//!
+//! The lock is taken, the command started in a process group of its own (see [`child`]), and
+//! the lock renewed until the command exits, then released. If the lock is lost meanwhile, the
+//! whole group is stopped and deadbolt exits 76, never before the group is gone.
+
+mod child;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use deadbolt::{Client, Error, ReleaseOutcome};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use tokio::process::Command;
+use deadbolt::{Error, LockGuard, ReleaseOutcome};
+use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::RedisArgs;
-
-/// Exit code when the lock was not acquired within `--wait` (`EX_TEMPFAIL`; `flock -E` style).
-pub(crate) const EXIT_NOT_ACQUIRED: u8 = 75;
-/// Exit code when the lock was lost while the command ran (the command was stopped).
-pub(crate) const EXIT_LOCK_LOST: u8 = 76;
-/// Exit code for deadbolt's own failures: Redis unreachable, bad arguments, spawn failure.
-pub(crate) const EXIT_INTERNAL: u8 = 70;
+use self::child::Supervised;
+use crate::connect::{self, RedisArgs};
+use crate::exit::{EXIT_LOCK_LOST, EXIT_NOT_ACQUIRED};
+use crate::human;
 
 /// Options of `deadbolt run`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
-Exit status: the command's own (128+N if killed by signal N); 75 if the lock was not acquired \
-within --wait (see --conflict-exit-code); 76 if the lock was lost while the command ran (it was \
-sent SIGTERM, then SIGKILL after --grace); 70 if deadbolt itself failed (Redis unreachable, \
-command not found).")]
+Exit status: the command's own (128+N if killed by signal N), also when the lock expired after \
+the command ended but before deadbolt could tell (say, while deadbolt was stopped); 75 if the \
+lock was not acquired within --wait (see --conflict-exit-code); 76 if the lock was lost while \
+the command ran; 70 if deadbolt itself failed (Redis unreachable or refusing, command not \
+found); 2 for a usage error; 128+N if signal N arrived while waiting for the lock.
+
+The command runs in a process group of its own, as with timeout(1). SIGHUP, SIGINT, SIGQUIT \
+and SIGTERM sent to deadbolt are passed on to the whole group. When the lock is lost, the group \
+gets SIGTERM, then SIGKILL after --grace, and deadbolt exits 76 only once no process of the group \
+is left. If deadbolt is killed with SIGKILL, the command gets SIGKILL from the kernel \
+(parent-death signal).
+
+What this cannot cover: processes that leave the group (setsid, daemons) are not signalled; \
+after a SIGKILL of deadbolt only the command itself gets the parent-death signal, not its own \
+children; a stopped (SIGSTOP) deadbolt stops nothing while the lease runs out; and, outside the \
+terminal's foreground group, the command gets Ctrl-C through deadbolt and cannot read from the \
+terminal. A lock cannot stop a process that is paused or cut off: pass the fencing token \
+(--fence-env) to the resource you write, and let it refuse a stale token.")]
 pub(crate) struct Args {
     #[command(flatten)]
     redis: RedisArgs,
@@ -40,7 +54,8 @@ pub(crate) struct Args {
     /// expires this long after the last renewal
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     lease: Duration,
-    /// How long the command may take to exit after SIGTERM when the lock is lost, before SIGKILL
+    /// How long the command's process group may take to exit after SIGTERM when the lock is
+    /// lost, before SIGKILL
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     grace: Duration,
     /// Put the fencing token in the command's environment, in variable VAR
@@ -58,89 +73,182 @@ pub(crate) struct Args {
 }
 
 /// Runs `deadbolt run`, returning the exit code to leave with.
+///
+/// # Errors
+///
+/// Redis is unreachable or refuses, the command cannot be started, or waiting for it failed.
 pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let target = args.redis.target()?;
-    let client = Client::builder(&target.url)
-        .key_prefix(&args.key_prefix)
-        .connect()
-        .await?;
-    // Fenced: every run gets a token (shown by `status`, passed with --fence-env) at no extra
-    // round trip.
-    let builder = client
-        .lock(args.key.as_str())
-        .wait(args.wait)
-        .watchdog(args.lease)
-        .fenced();
-    let guard = match builder.acquire().await {
-        Ok(guard) => guard,
-        Err(err @ Error::Timeout { .. }) => {
-            eprintln!("deadbolt: {err}");
-            return Ok(ExitCode::from(args.conflict_exit_code));
+    // Taken over first: from here on these signals no longer kill deadbolt (which would leave
+    // the command running, or a lock behind); before the command runs they end the wait, then
+    // they are passed on to the command's group.
+    let mut signals = Signals::new()?;
+    let redis = args.redis.resolve()?;
+    let waiting = async {
+        let client = redis.client(&args.key_prefix).await?;
+        // Fenced: every run gets a token (shown by `status`, passed with --fence-env) at no
+        // extra round trip.
+        let acquire = client
+            .lock(args.key.as_str())
+            .wait(args.wait)
+            .watchdog(args.lease)
+            .fenced()
+            .acquire()
+            .await;
+        match acquire {
+            Ok(guard) => Ok(Some(guard)),
+            Err(Error::Timeout { name, waited }) => {
+                eprintln!(
+                    "deadbolt: timed out after {} waiting for lock `{name}`",
+                    human::duration(waited)
+                );
+                Ok(None)
+            }
+            // Only a lock seen held for the whole wait is contention (75); a Redis that went
+            // away or never answered is a failure (70).
+            Err(err) => Err(connect::explain_on(&redis, &client, err).await),
         }
-        Err(err) => return Err(err.into()),
+    };
+    let guard = tokio::select! {
+        acquired = waiting => match acquired? {
+            Some(guard) => guard,
+            None => return Ok(ExitCode::from(args.conflict_exit_code)),
+        },
+        sig = signals.recv() => {
+            // The acquisition in flight is dropped: its clean-up runs in the background.
+            crate::exit::abandoned();
+            eprintln!(
+                "deadbolt: {} while waiting for lock `{}`; the command was not run",
+                sig.as_str(),
+                args.key
+            );
+            return Ok(ExitCode::from(128 + sig as u8));
+        }
     };
 
-    let mut command = Command::new(&args.command[0]);
-    command.args(&args.command[1..]);
-    if let Some(var) = &args.fence_env {
-        command.env(var, guard.fencing_token().await?.to_string());
-    }
-    let mut child = match command.spawn() {
-        Ok(child) => child,
+    let env = match args.fence_env.as_deref() {
+        // Minted with the acquisition: no round trip, and it cannot fail but on a lost lock.
+        Some(var) => match guard.fencing_token().await {
+            Ok(token) => Some((var, token.to_string())),
+            Err(err) => {
+                let _ = guard.release().await;
+                return Err(redis.explain(err));
+            }
+        },
+        None => None,
+    };
+    let mut command = match child::spawn(&args.command, env) {
+        Ok(command) => command,
         Err(err) => {
             let _ = guard.release().await;
             return Err(err)
                 .with_context(|| format!("cannot run {}", args.command[0].to_string_lossy()));
         }
     };
-    let pid = child.id().map(|id| Pid::from_raw(id as i32));
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
 
     let status = loop {
         tokio::select! {
-            status = child.wait() => break status?,
+            // The command's exit first: when it ended while deadbolt could not run (stopped,
+            // starved) and the lease ran out meanwhile, both are ready at once, and the
+            // command's status is the truth about the command.
+            biased;
+            status = command.child.wait() => break status?,
             // Passed on, so the command can finish its work and exit; the lock is released then.
-            _ = sigterm.recv() => forward(pid, Signal::SIGTERM),
-            _ = sigint.recv() => forward(pid, Signal::SIGINT),
-            _ = guard.lost() => {
-                eprintln!(
-                    "deadbolt: lock `{}` was lost; stopping the command (SIGTERM, SIGKILL after {})",
-                    args.key,
-                    humantime::format_duration(args.grace)
-                );
-                forward(pid, Signal::SIGTERM);
-                if tokio::time::timeout(args.grace, child.wait()).await.is_err() {
-                    forward(pid, Signal::SIGKILL);
-                    child.wait().await?;
+            sig = signals.recv() => command.signal(sig),
+            () = guard.lost() => {
+                if let Some(status) = command.child.try_wait()? {
+                    break status;
                 }
-                // Nothing to release: the lock is gone or someone else's.
-                let _ = guard.release().await;
-                return Ok(ExitCode::from(EXIT_LOCK_LOST));
+                return stop_on_loss(&args, guard, command).await;
             }
         }
     };
 
-    match guard.release().await {
-        Ok(ReleaseOutcome::Released) => {}
-        Ok(outcome) => eprintln!(
-            "deadbolt: lock `{}` had expired before the command ended ({outcome:?})",
-            args.key
-        ),
-        Err(err) => eprintln!(
-            "deadbolt: cannot release lock `{}` ({}); it expires within {}",
-            args.key,
-            crate::chain(&err.into()),
-            humantime::format_duration(args.lease)
-        ),
+    if !command.left().is_empty() {
+        eprintln!(
+            "deadbolt: warning: the command exited but left processes of its group running \
+             ({}); they run on without the lock",
+            command.describe_left()
+        );
     }
-    drop(target);
+    release(&args, guard).await;
     Ok(exit_code(status))
 }
 
-fn forward(pid: Option<Pid>, sig: Signal) {
-    if let Some(pid) = pid {
-        let _ = kill(pid, sig);
+/// The lock is lost while the command runs: stop its whole group, then exit 76.
+async fn stop_on_loss(
+    args: &Args,
+    guard: LockGuard,
+    mut command: Supervised,
+) -> anyhow::Result<ExitCode> {
+    let why = match guard.lost_reason() {
+        Some(reason) => format!(" ({reason})"),
+        None => String::new(),
+    };
+    eprintln!(
+        "deadbolt: lock `{}` was lost{why}; stopping the command (SIGTERM to its process group, \
+         SIGKILL after {})",
+        args.key,
+        human::duration(args.grace)
+    );
+    command.stop(args.grace).await?;
+    // Nothing to release: the lock is gone or someone else's.
+    let _ = guard.release().await;
+    Ok(ExitCode::from(EXIT_LOCK_LOST))
+}
+
+/// Releases the lock after the command exited, saying so when it was no longer ours.
+async fn release(args: &Args, guard: LockGuard) {
+    let lost = guard.lost_reason();
+    let released = guard.release().await;
+    let why = match (lost, &released) {
+        (Some(reason), _) => reason.to_string(),
+        (None, Ok(ReleaseOutcome::Released)) => return,
+        (None, Ok(ReleaseOutcome::AlreadyExpired)) => "its lease had expired".to_owned(),
+        (None, Ok(ReleaseOutcome::NotOwner)) => "another owner has taken it".to_owned(),
+        (None, Err(err)) => {
+            eprintln!(
+                "deadbolt: cannot release lock `{}` ({}); it expires within {}",
+                args.key,
+                crate::exit::one_line(err),
+                human::duration(args.lease)
+            );
+            return;
+        }
+    };
+    eprintln!(
+        "deadbolt: lock `{}` was lost by the time the command ended ({why}); the exit status is \
+         the command's own",
+        args.key
+    );
+}
+
+/// The signals deadbolt handles instead of dying from them.
+#[derive(Debug)]
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            int: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// The next signal that arrives.
+    async fn recv(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.hup.recv() => Signal::SIGHUP,
+            _ = self.int.recv() => Signal::SIGINT,
+            _ = self.quit.recv() => Signal::SIGQUIT,
+            _ = self.term.recv() => Signal::SIGTERM,
+        }
     }
 }
 
@@ -150,6 +258,6 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
     match (status.code(), status.signal()) {
         (Some(code), _) => ExitCode::from(code as u8),
         (None, Some(sig)) => ExitCode::from(128u8.wrapping_add(sig as u8)),
-        (None, None) => ExitCode::from(EXIT_INTERNAL),
+        (None, None) => ExitCode::from(crate::exit::EXIT_INTERNAL),
     }
 }

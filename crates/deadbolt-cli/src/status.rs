@@ -1,8 +1,8 @@
 //! `deadbolt status`: what Redis knows of one lock.
 
-use deadbolt::Client;
-
-use crate::RedisArgs;
+use crate::connect::{self, RedisArgs};
+use crate::exit::Interrupted;
+use crate::human;
 
 /// Options of `deadbolt status`.
 #[derive(Debug, clap::Args)]
@@ -20,14 +20,27 @@ pub(crate) struct Args {
 }
 
 /// Prints the lock's state: held or free, its TTL, its last fencing token.
+///
+/// # Errors
+///
+/// Redis is unreachable or refuses; the lock key holds a value of another type; Ctrl-C.
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let target = args.redis.target()?;
-    let client = Client::builder(&target.url)
-        .key_prefix(&args.key_prefix)
-        .connect()
-        .await?;
+    tokio::select! {
+        shown = show(&args) => shown,
+        _ = tokio::signal::ctrl_c() => Err(Interrupted.into()),
+    }
+}
+
+async fn show(args: &Args) -> anyhow::Result<()> {
+    let redis = args.redis.resolve()?;
+    let client = redis.client(&args.key_prefix).await?;
     let keys = client.keys(&args.name)?;
-    let info = client.inspect(&args.name).await?;
+    let info = match client.inspect(&args.name).await {
+        Ok(info) => info,
+        // A key of another type (a hash, a list) is not a lock without expiry: `run` cannot take
+        // it, and `status` says what it holds, as `run` does.
+        Err(err) => return Err(connect::explain_on(&redis, &client, err).await),
+    };
     if args.json {
         let value = serde_json::json!({
             "name": args.name,
@@ -41,7 +54,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     let state = match (info.locked, info.ttl) {
         (false, _) => "free".to_owned(),
-        (true, Some(ttl)) => format!("locked, expires in {}", humantime::format_duration(ttl)),
+        (true, Some(ttl)) => format!("locked, expires in {}", human::duration(ttl)),
         (true, None) => "locked, no expiry (set by a peer without a TTL?)".to_owned(),
     };
     println!("lock   {}", args.name);

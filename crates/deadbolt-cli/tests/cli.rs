@@ -1,15 +1,117 @@
 //! The `deadbolt` binary, end to end: real processes against a real `redis-server`.
+//!
+//! No test reaches port 6379 (the default of `run` and `status`, where a machine may run its own
+//! Redis): every command gets `--redis`, and [`deadbolt`] points `DEADBOLT_REDIS_URL` at a closed
+//! port, so a test that forgets `--redis` fails instead of touching a real server.
+//!
+//! Sections: running commands; the command's process group; the exit status; contention and
+//! failure; errors a user can act on; `status`; `bench`; help and logs.
 
+use std::io::{Read as _, Write as _};
+use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use deadbolt_testkit::RedisServer;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 fn deadbolt() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_deadbolt"));
-    cmd.env_remove("DEADBOLT_REDIS_URL");
+    cmd.env(
+        "DEADBOLT_REDIS_URL",
+        format!("redis://127.0.0.1:{}", closed_port()),
+    )
+    .env_remove("DEADBOLT_LOG")
+    .env_remove("NO_COLOR");
     cmd
+}
+
+/// A loopback port nobody listens on.
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Whether process `pid` is alive: it exists and is not a zombie (a killed process whose new
+/// parent has not reaped it yet is dead for every purpose here).
+fn alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .next()
+        .unwrap();
+    state != "Z" && state != "X"
+}
+
+/// The pids a command wrote to `file`, one or more per line.
+fn pids_in(file: &Path) -> Vec<i32> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|pid| pid.parse().unwrap())
+        .collect()
+}
+
+/// Waits until `file` exists, at most 5 s.
+fn wait_for_file(file: &Path) {
+    let end = Instant::now() + Duration::from_secs(5);
+    while !file.exists() {
+        assert!(Instant::now() < end, "{} never appeared", file.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits for `child` at most `limit`, killing it and failing past that.
+fn wait_with_limit(child: Child, limit: Duration) -> Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            panic!("deadbolt ran longer than {limit:?}");
+        }
+    }
+}
+
+/// Every key of `server` that holds a deadbolt owner token (`dbt1-…`), with its value.
+fn token_keys(server: &RedisServer) -> Vec<(String, String)> {
+    let mut conn = server.connection();
+    server
+        .keys()
+        .into_iter()
+        .filter_map(|key| {
+            let kind: String = redis::cmd("TYPE").arg(&key).query(&mut conn).unwrap();
+            if kind != "string" {
+                return None;
+            }
+            let value: Option<String> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+            let value = value?;
+            value.starts_with("dbt1-").then_some((key, value))
+        })
+        .collect()
+}
+
+/// Runs one Redis command of the test's own on `server`.
+fn redis_cmd<T: redis::FromRedisValue>(server: &RedisServer, args: &[&str]) -> T {
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query(&mut server.connection()).unwrap()
 }
 
 fn run(server: &RedisServer, key: &str, extra: &[&str], command: &[&str]) -> Command {
@@ -139,7 +241,14 @@ fn not_acquired_within_wait_exits_75() {
     assert_eq!(code(&out), 75, "{out:?}");
     assert!(start.elapsed() < Duration::from_secs(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("timed out"), "{stderr}");
+    assert!(stderr.contains("timed out after "), "{stderr}");
+    // Rounded: "300ms" or "1.01s", never "301.482937ms".
+    let waited = stderr.split("timed out after ").nth(1).unwrap();
+    let waited = waited.split(' ').next().unwrap();
+    assert!(
+        waited.ends_with("ms") && waited.trim_end_matches("ms").parse::<u64>().is_ok(),
+        "{stderr}"
+    );
     let out = run(
         &server,
         "k",
@@ -211,7 +320,11 @@ fn lost_lock_stops_the_command_and_exits_76() {
         start.elapsed()
     );
     assert!(marker.exists(), "the command did not get SIGTERM");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("was lost"));
+    let stderr = stderr(&out);
+    assert!(
+        stderr.contains("lock `k` was lost (its lease had expired); stopping the command"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -247,20 +360,6 @@ fn status_shows_state_ttl_and_fence() {
 }
 
 #[test]
-fn without_redis_a_private_server_is_started() {
-    let out = deadbolt()
-        .args(["run", "--key", "k", "--", "true"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("started a private redis-server"),
-        "{stderr}"
-    );
-}
-
-#[test]
 fn bad_input_gets_one_clear_line_and_a_nonzero_exit() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -282,24 +381,26 @@ fn bad_input_gets_one_clear_line_and_a_nonzero_exit() {
     assert_eq!(code(&out), 70);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.starts_with("deadbolt: cannot connect to redis at 127.0.0.1:"),
-        "{stderr}"
+    assert_eq!(
+        stderr.trim_end(),
+        format!("deadbolt: cannot connect to redis at 127.0.0.1:{port}: connection refused")
     );
     assert!(!stderr.contains("pw@"));
 
     let server = RedisServer::start().unwrap();
+    // Usage errors exit 2, whether clap or deadbolt finds them, as `--help` says.
     for (args, what) in [
         (vec!["--wait", "10x"], "invalid value"),
         (vec!["--lease", "0s"], "invalid lease"),
         (vec!["--lease", "1s", "--wait", "1000d"], "invalid wait"),
     ] {
         let out = run(&server, "k", &args, &["true"]).output().unwrap();
-        assert_ne!(code(&out), 0);
+        assert_eq!(code(&out), 2, "{args:?}: {out:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(what), "{args:?}: {stderr}");
     }
     let out = run(&server, "", &[], &["true"]).output().unwrap();
+    assert_eq!(code(&out), 2, "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid lock name"));
     let out = run(&server, "k", &[], &["/nonexistent/cmd"])
         .output()
@@ -415,10 +516,621 @@ fn tls_urls_work() {
         .query(&mut server.connection())
         .unwrap();
     assert!(fence.is_some());
-    // An untrusted certificate is refused.
+    // An untrusted certificate is refused, and not mistaken for a plain-text port.
     let out = deadbolt()
         .args(["status", "--redis", &url, "k"])
         .output()
         .unwrap();
     assert_eq!(code(&out), 70, "{out:?}");
+    assert!(!stderr(&out).contains("plain-text"), "{out:?}");
+    // Plain text to the TLS port: not a Redis answer, and the hint names rediss://.
+    let (code, line) = status_error(&format!("redis://:tls-secret@127.0.0.1:{tls_port}"));
+    assert_eq!(code, 70);
+    assert!(
+        line.contains("did not answer like a redis server"),
+        "{line}"
+    );
+    assert!(line.contains("rediss://"), "{line}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The command's process group
+
+/// A lost lock stops the whole process group, not just the direct child: a grandchild that
+/// ignores SIGTERM and would write a file 1.5 s later is killed, and deadbolt exits 76 only once
+/// no process of the group is left.
+#[test]
+fn a_lost_lock_stops_the_whole_process_group_before_exit_76() {
+    let server = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let late = dir.path().join("late");
+    // The grandchild (a subshell ignoring SIGTERM, and its `sleep`, which inherits that) and
+    // the shell record their pids; the grandchild writes `late` after 1.5 s.
+    let script = format!(
+        "(trap '' TERM; sh -c 'echo $$ >> {pids}; exec sleep 1.5'; echo late > {late}) & \
+         echo $$ $! >> {pids}; sleep 30",
+        pids = pids.display(),
+        late = late.display()
+    );
+    let child = run(
+        &server,
+        "k",
+        &["--lease", "1s", "--grace", "300ms"],
+        &["sh", "-c", &script],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_locked(&server, "k");
+    let end = Instant::now() + Duration::from_secs(5);
+    while pids_in(&pids).len() < 3 {
+        assert!(
+            Instant::now() < end,
+            "the command never started its grandchild"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _: () = redis_cmd(&server, &["DEL", "deadbolt:{k}"]);
+    let out = wait_with_limit(child, Duration::from_secs(5));
+    assert_eq!(code(&out), 76, "{out:?}");
+    for pid in pids_in(&pids) {
+        assert!(!alive(pid), "pid {pid} of the group outlived deadbolt");
+    }
+    // Past the grandchild's 1.5 s: nothing of the group wrote after deadbolt exited.
+    std::thread::sleep(Duration::from_millis(1800));
+    assert!(
+        !late.exists(),
+        "a grandchild wrote after deadbolt exited 76"
+    );
+}
+
+/// SIGTERM and SIGINT sent to deadbolt reach every process of the command's group, as the
+/// terminal or a service manager would have sent them, not only the direct child.
+#[test]
+fn signals_to_deadbolt_reach_the_whole_group() {
+    let server = RedisServer::start().unwrap();
+    for (signal, status) in [(Signal::SIGTERM, 143), (Signal::SIGINT, 130)] {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        // `sleep` is the shell's child, deadbolt's grandchild; in the foreground of the shell,
+        // since a non-interactive shell starts background jobs with SIGINT ignored.
+        let script = format!(
+            "sh -c 'echo $$ > {pids}.tmp; mv {pids}.tmp {pids}; exec sleep 30'; true",
+            pids = pids.display()
+        );
+        let child = run(&server, "k", &[], &["sh", "-c", &script])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_file(&pids);
+        let grandchild = pids_in(&pids)[0];
+        kill(Pid::from_raw(child.id() as i32), signal).unwrap();
+        let out = wait_with_limit(child, Duration::from_secs(5));
+        assert_eq!(code(&out), status, "{signal}: {out:?}");
+        let end = Instant::now() + Duration::from_secs(2);
+        while alive(grandchild) {
+            assert!(
+                Instant::now() < end,
+                "{signal} did not reach the grandchild"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!is_locked(&server, "k"));
+    }
+}
+
+/// A signal while deadbolt still waits for the lock ends the wait with 128+N: the command does
+/// not run, and nothing of the abandoned attempt is left in Redis.
+#[test]
+fn a_signal_while_waiting_ends_the_wait_without_running_the_command() {
+    let server = RedisServer::start().unwrap();
+    let _: () = redis_cmd(&server, &["SET", "deadbolt:{k}", "peer"]);
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    for (signal, status) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
+        let child = run(&server, "k", &["--wait", "10s"], &["touch"])
+            .arg(&marker)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        kill(Pid::from_raw(child.id() as i32), signal).unwrap();
+        let out = wait_with_limit(child, Duration::from_secs(5));
+        assert_eq!(code(&out), status, "{signal}: {out:?}");
+        assert!(stderr(&out).contains("the command was not run"), "{out:?}");
+        assert!(!marker.exists());
+        let value: Option<String> = redis_cmd(&server, &["GET", "deadbolt:{k}"]);
+        assert_eq!(value.as_deref(), Some("peer"));
+        assert!(token_keys(&server).is_empty(), "{:?}", token_keys(&server));
+    }
+}
+
+/// `kill -9` of deadbolt cannot be handled, but the kernel then kills the command (parent-death
+/// signal), so it does not run on without the lock until the lease expires.
+#[test]
+fn killing_deadbolt_with_sigkill_kills_the_command() {
+    let server = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let script = format!(
+        "echo $$ > {pid}.tmp; mv {pid}.tmp {pid}; exec sleep 30",
+        pid = pid_file.display()
+    );
+    let mut child = run(&server, "k", &["--lease", "1s"], &["sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    wait_for_file(&pid_file);
+    let command = pids_in(&pid_file)[0];
+    assert!(alive(command));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let end = Instant::now() + Duration::from_secs(2);
+    while alive(command) {
+        assert!(
+            Instant::now() < end,
+            "the command outlived a killed deadbolt"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The exit status
+
+/// The command exits while deadbolt is stopped (SIGSTOP) and the lease runs out meanwhile: on
+/// resuming, deadbolt reports the command's own status (3), not 76, and says the lock expired.
+/// Several at once, since the race this guards against did not show every time.
+#[test]
+fn a_command_that_ended_while_deadbolt_was_stopped_keeps_its_status() {
+    let server = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let trials: Vec<_> = (0..6)
+        .map(|i| {
+            let started = dir.path().join(format!("started-{i}"));
+            let script = format!("touch {}; sleep 0.2; exit 3", started.display());
+            let child = run(
+                &server,
+                &format!("k{i}"),
+                &["--lease", "500ms"],
+                &["sh", "-c", &script],
+            )
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+            (child, started)
+        })
+        .collect();
+    for (child, started) in &trials {
+        wait_for_file(started);
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGSTOP).unwrap();
+    }
+    // The command exits after 0.2 s; the 500 ms lease is long gone after 1.2 s.
+    std::thread::sleep(Duration::from_millis(1200));
+    for (child, _) in &trials {
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT).unwrap();
+    }
+    for (i, (child, _)) in trials.into_iter().enumerate() {
+        let out = wait_with_limit(child, Duration::from_secs(5));
+        assert_eq!(code(&out), 3, "trial {i}: {out:?}");
+        let stderr = stderr(&out);
+        assert!(
+            stderr.contains("was lost by the time the command ended"),
+            "trial {i}: {stderr}"
+        );
+    }
+    assert!(token_keys(&server).is_empty(), "{:?}", token_keys(&server));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contention and failure
+
+/// Redis goes away (killed, or frozen) while deadbolt waits for a lock a peer holds: that is a
+/// failure, 70, not "the lock was busy", 75.
+#[test]
+fn redis_going_away_during_the_wait_is_a_failure_not_contention() {
+    for frozen in [false, true] {
+        let mut server = RedisServer::start().unwrap();
+        let _: () = redis_cmd(&server, &["SET", "deadbolt:{k}", "peer"]);
+        let child = run(&server, "k", &["--wait", "3s"], &["true"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        if frozen {
+            server.pause();
+        } else {
+            server.kill();
+        }
+        let out = wait_with_limit(child, Duration::from_secs(10));
+        if frozen {
+            server.resume();
+        }
+        assert_eq!(code(&out), 70, "frozen: {frozen}: {out:?}");
+        let stderr = stderr(&out);
+        assert!(!stderr.contains("timed out after"), "{stderr}");
+        assert!(stderr.contains(&server.addr()), "{stderr}");
+    }
+}
+
+/// A waiter whose `--wait` runs out leaves no lock behind: not while a peer holds the key the
+/// whole time (its value stays the peer's), and not when the peer lets go right around the
+/// deadline, where deadbolt's last attempt may land just as it gives up.
+#[test]
+fn a_waiter_at_its_deadline_leaves_no_lock_behind() {
+    let server = RedisServer::start().unwrap();
+    for i in 0..10 {
+        let _: () = redis_cmd(&server, &["SET", "deadbolt:{k}", "peer", "PX", "10000"]);
+        let out = run(&server, "k", &["--wait", "300ms"], &["true"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 75, "trial {i}: {out:?}");
+        let value: Option<String> = redis_cmd(&server, &["GET", "deadbolt:{k}"]);
+        assert_eq!(value.as_deref(), Some("peer"), "trial {i}");
+        assert!(
+            token_keys(&server).is_empty(),
+            "trial {i}: {:?}",
+            token_keys(&server)
+        );
+    }
+    // The peer deletes its key (without the release message deadbolt's own locks publish) at
+    // times spread around the waiter's deadline.
+    for i in 0..12u64 {
+        let _: () = redis_cmd(&server, &["SET", "deadbolt:{k}", "peer", "PX", "10000"]);
+        let child = run(&server, "k", &["--wait", "300ms"], &["true"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // From before the first attempt to past the deadline (startup takes some 10-30 ms).
+        std::thread::sleep(Duration::from_millis(100 + 20 * i));
+        let _: () = redis_cmd(&server, &["DEL", "deadbolt:{k}"]);
+        let out = wait_with_limit(child, Duration::from_secs(5));
+        assert!([0, 75].contains(&code(&out)), "trial {i}: {out:?}");
+        // The peer's key is gone, and deadbolt either ran `true` and released, or gave up.
+        let value: Option<String> = redis_cmd(&server, &["GET", "deadbolt:{k}"]);
+        assert_eq!(value, None, "trial {i}: exit {}", code(&out));
+        assert!(
+            token_keys(&server).is_empty(),
+            "trial {i}: {:?}",
+            token_keys(&server)
+        );
+    }
+}
+
+/// A lock taken over by another owner is reported as such, not as "expired".
+#[test]
+fn a_lost_lock_says_whether_it_expired_or_was_taken() {
+    let server = RedisServer::start().unwrap();
+    let child = run(
+        &server,
+        "k",
+        &["--lease", "600ms", "--grace", "1s"],
+        &["sleep", "30"],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_locked(&server, "k");
+    let _: () = redis_cmd(
+        &server,
+        &["SET", "deadbolt:{k}", "someone-else", "PX", "10000"],
+    );
+    let out = wait_with_limit(child, Duration::from_secs(5));
+    assert_eq!(code(&out), 76, "{out:?}");
+    let stderr = stderr(&out);
+    assert!(
+        stderr.contains("lock `k` was lost (another owner has taken it)"),
+        "{stderr}"
+    );
+    let value: Option<String> = redis_cmd(&server, &["GET", "deadbolt:{k}"]);
+    assert_eq!(value.as_deref(), Some("someone-else"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors a user can act on
+
+/// A plain TCP server on a free loopback port that answers every connection with `reply` and
+/// closes it, for 10 s at most.
+fn not_redis(reply: &'static [u8]) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    stream.set_nonblocking(false).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_millis(200)))
+                        .unwrap();
+                    // Read what the client said first, as a server of another protocol would.
+                    let mut buf = [0; 512];
+                    let _ = stream.read(&mut buf);
+                    let _ = stream.write_all(reply);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    port
+}
+
+/// `deadbolt status` against `url`: its exit code and its one stderr line.
+fn status_error(url: &str) -> (i32, String) {
+    let out = deadbolt()
+        .args(["status", "--redis", url, "k"])
+        .output()
+        .unwrap();
+    let stderr = stderr(&out);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    (code(&out), stderr.trim_end().to_owned())
+}
+
+#[test]
+fn connection_errors_say_what_to_do() {
+    let server = RedisServer::builder()
+        .password("s3cret-pw")
+        .start()
+        .unwrap();
+    let addr = server.addr();
+
+    let (code, line) = status_error(&format!("redis://{addr}"));
+    assert_eq!(code, 70);
+    assert_eq!(
+        line,
+        format!(
+            "deadbolt: redis at {addr} requires a password: pass it in the URL, \
+             redis://:PASSWORD@{addr} or redis://USER:PASSWORD@{addr}"
+        )
+    );
+
+    for url in [
+        format!("redis://:wrong-pw@{addr}"),
+        format!("redis://bob:wrong-pw@{addr}"),
+    ] {
+        let (code, line) = status_error(&url);
+        assert_eq!(code, 70);
+        assert!(line.contains("refused the credentials"), "{line}");
+        assert!(!line.contains("wrong-pw"), "{line}");
+    }
+
+    // A Redis URL pointed at a server that is not Redis: one that hangs up, one that answers
+    // in another protocol.
+    for reply in [&b""[..], b"HTTP/1.1 400 Bad Request\r\n\r\n"] {
+        let port = not_redis(reply);
+        let (code, line) = status_error(&format!("redis://127.0.0.1:{port}"));
+        assert_eq!(code, 70);
+        assert!(
+            line.contains(&format!(
+                "127.0.0.1:{port} did not answer like a redis server"
+            )),
+            "{line}"
+        );
+    }
+
+    // TLS to a plain-text port.
+    let plain = RedisServer::start().unwrap();
+    let (code, line) = status_error(&format!("rediss://{}", plain.addr()));
+    assert_eq!(code, 70);
+    assert!(
+        line.contains("over TLS: is it a plain-text port? then use redis://"),
+        "{line}"
+    );
+
+    // Nothing listening: said once, not twice.
+    let port = closed_port();
+    let (code, line) = status_error(&format!("redis://127.0.0.1:{port}"));
+    assert_eq!(code, 70);
+    assert_eq!(line.matches("refused").count(), 1, "{line}");
+
+    // URLs deadbolt cannot use: shown as typed, without the password, with the valid schemes.
+    for (url, shown) in [
+        (
+            "http://bob:hunter2@127.0.0.1:1",
+            "`http://bob:***@127.0.0.1:1`",
+        ),
+        ("127.0.0.1:1", "`127.0.0.1:1`"),
+    ] {
+        let (code, line) = status_error(url);
+        assert_eq!(code, 2, "{line}");
+        assert!(line.contains(shown), "{line}");
+        assert!(
+            line.contains("redis://") && line.contains("rediss://"),
+            "{line}"
+        );
+        assert!(!line.contains("hunter2"), "{line}");
+    }
+}
+
+/// `run` and `status` never start a private Redis: without a URL they use redis-cli's default
+/// (shown in `--help`, and not reached here), and when the given one does not answer they fail,
+/// without running the command, naming the address.
+#[test]
+fn run_and_status_use_a_shared_redis_and_fail_when_it_does_not_answer() {
+    for command in ["run", "status"] {
+        let out = deadbolt().args([command, "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("[default: redis://127.0.0.1:6379"), "{help}");
+    }
+    let out = deadbolt().args(["bench", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("a private redis-server"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let port = closed_port();
+    let out = deadbolt()
+        .env("DEADBOLT_REDIS_URL", format!("redis://127.0.0.1:{port}"))
+        .args(["run", "--key", "k", "--", "touch"])
+        .arg(&marker)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 70, "{out:?}");
+    let stderr = stderr(&out);
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(!stderr.contains("private"), "{stderr}");
+    assert!(!marker.exists(), "the command ran without a lock");
+}
+
+// ---------------------------------------------------------------------------------------------
+// `status`
+
+/// A lock key that holds a hash: `status` says so, as `run` does, instead of "locked, no expiry".
+#[test]
+fn status_and_run_agree_on_a_key_of_another_type() {
+    let server = RedisServer::start().unwrap();
+    let _: () = redis_cmd(&server, &["HSET", "deadbolt:{k}", "field", "value"]);
+    let want = "key `deadbolt:{k}` holds a hash, not a deadbolt lock";
+    let out = run(&server, "k", &["--wait", "1s"], &["true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 70, "{out:?}");
+    assert!(stderr(&out).contains(want), "{}", stderr(&out));
+    for json in [false, true] {
+        let mut cmd = deadbolt();
+        cmd.args(["status", "--redis", &server.url(), "k"]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(code(&out), 70, "{out:?}");
+        assert!(stderr(&out).contains(want), "{}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{out:?}");
+    }
+}
+
+/// Ctrl-C while `status` waits for a Redis that does not answer: 130, as documented.
+#[test]
+fn status_interrupted_exits_130() {
+    let server = RedisServer::start().unwrap();
+    server.pause();
+    let child = deadbolt()
+        .args(["status", "--redis", &server.url(), "k"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let out = wait_with_limit(child, Duration::from_secs(5));
+    server.resume();
+    assert_eq!(code(&out), 130, "{out:?}");
+    assert_eq!(stderr(&out).trim_end(), "deadbolt: interrupted");
+}
+
+// ---------------------------------------------------------------------------------------------
+// `bench`
+
+/// `bench` fails at once, with the same messages as the other commands, on an unreachable Redis
+/// or a wrong password (it used to retry for about 10 s).
+#[test]
+fn bench_fails_fast_with_the_same_messages() {
+    let server = RedisServer::builder()
+        .password("s3cret-pw")
+        .start()
+        .unwrap();
+    for (url, want) in [
+        (
+            format!("redis://127.0.0.1:{}", closed_port()),
+            "connection refused",
+        ),
+        (
+            format!("redis://:wrong-pw@{}", server.addr()),
+            "refused the credentials",
+        ),
+    ] {
+        let start = Instant::now();
+        let out = deadbolt()
+            .args(["bench", "--redis", &url, "--duration", "1s"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 70, "{out:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(stderr(&out).contains(want), "{}", stderr(&out));
+    }
+}
+
+/// Ctrl-C stops the bench with 130, after deleting its keys.
+#[test]
+fn bench_interrupted_exits_130_after_cleaning_up() {
+    let server = RedisServer::start().unwrap();
+    let mut child = deadbolt()
+        .args(["bench", "--redis", &server.url(), "--duration", "20s"])
+        .args(["--workload", "w2", "--w2-workers", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once it prints its progress line, its keys exist and its signal handler is in place.
+    let mut err = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8];
+    while !String::from_utf8_lossy(&seen).contains("bench: W2") {
+        assert_eq!(
+            err.read(&mut byte).unwrap(),
+            1,
+            "{}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.push(byte[0]);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    let out = wait_with_limit(child, Duration::from_secs(10));
+    assert_eq!(code(&out), 130, "{out:?} {rest}");
+    assert!(rest.contains("deadbolt: interrupted"), "{rest}");
+    assert!(server.keys().is_empty(), "{:?}", server.keys());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Help and logs
+
+/// `--help` documents the exit statuses as they are (2 for usage errors, as clap exits) and the
+/// environment variables, `DEADBOLT_LOG` included.
+#[test]
+fn help_documents_exit_statuses_and_environment() {
+    let out = deadbolt().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "DEADBOLT_LOG",
+        "DEADBOLT_REDIS_URL",
+        "NO_COLOR",
+        "2 for a usage error",
+        "130",
+    ] {
+        assert!(help.contains(want), "{want}: {help}");
+    }
+    let out = deadbolt().args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for want in ["2 for a usage error", "process group", "fencing token"] {
+        assert!(help.contains(want), "{want}: {help}");
+    }
+    let out = deadbolt().args(["run", "--no-such-flag"]).output().unwrap();
+    assert_eq!(code(&out), 2);
+    // The URL in the environment (with its password) is not shown in the help.
+    let out = deadbolt()
+        .env("DEADBOLT_REDIS_URL", "redis://:hunter2@10.0.0.5")
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("hunter2"));
+}
+
+/// Logs in a pipe or a file carry no colour codes.
+#[test]
+fn logs_have_no_colour_codes_outside_a_terminal() {
+    let server = RedisServer::start().unwrap();
+    let out = run(&server, "k", &[], &["true"])
+        .env("DEADBOLT_LOG", "debug")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{out:?}");
+    let stderr = stderr(&out);
+    assert!(stderr.contains("DEBUG"), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "{stderr}");
 }

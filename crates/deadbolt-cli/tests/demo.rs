@@ -402,6 +402,84 @@ fn postgres_failures_after_connecting_leave_no_schema() {
     );
 }
 
+/// `--processes 8` with the default `--pool 16` asks for 128 connections where Postgres allows
+/// 100: the pools are sized to fit, with a note, instead of failing with "timed out"; and sqlx's
+/// slow-statement warnings, with their colour codes, stay out of the output.
+#[test]
+fn postgres_pools_are_sized_to_the_connection_limit() {
+    let _turn = turn();
+    if !Server::Postgres.reachable() {
+        return;
+    }
+    let max: i64 = Server::Postgres
+        .with(async |conn| {
+            sqlx::query_scalar("SELECT CAST(current_setting('max_connections') AS BIGINT)")
+                .fetch_one(conn)
+                .await
+                .expect("max_connections")
+        })
+        .expect("the server answered a moment ago");
+    // Enough processes that 16 connections each cannot fit.
+    let processes = (max / 16 + 1).clamp(2, 32).to_string();
+    let run = demo(&[
+        "--users",
+        "400",
+        "--processes",
+        &processes,
+        "--mode",
+        "lock-around-tx",
+        "--json",
+        "--database-url",
+        &Server::Postgres.url(),
+    ]);
+    assert!(run.status.success(), "{run:?}");
+    assert_exact(row(&run.rows(), "lock-around-tx"), 400);
+    assert!(run.stderr.contains("would not fit"), "{run:?}");
+    assert!(!run.stderr.contains("slow statement"), "{run:?}");
+    assert!(!run.stderr.contains('\x1b'), "{run:?}");
+}
+
+/// Ctrl-C stops the demo with 130, after it removed its SQLite directory.
+#[test]
+fn interrupted_exits_130_and_leaves_nothing_behind() {
+    let _turn = turn();
+    let before = sqlite_leftovers();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_deadbolt"))
+        .args([
+            "demo", "likes", "--users", "2000", "--think", "20ms", "--json",
+        ])
+        .env_remove("DEADBOLT_REDIS_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the deadbolt binary runs");
+    // Running once its SQLite directory exists (and then for a moment).
+    let started = Instant::now();
+    while sqlite_leftovers() == before {
+        assert!(started.elapsed() < DEMO_LIMIT, "the demo never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stderr)
+        .ok();
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("deadbolt: interrupted"), "{stderr}");
+    assert_eq!(
+        sqlite_leftovers(),
+        before,
+        "the demo left its SQLite directory"
+    );
+}
+
 /// `url` with its user replaced (and its password dropped).
 fn swap_user(url: &str, user: &str) -> String {
     let (scheme, rest) = url.split_once("://").expect("a URL");

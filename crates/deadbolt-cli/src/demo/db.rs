@@ -20,6 +20,7 @@ use sqlx::{
 use tempfile::TempDir;
 
 use super::flat;
+use crate::exit::usage;
 
 /// How long to wait for a database server to answer a connection attempt before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,10 +52,10 @@ impl DbKind {
             "sqlite" => Ok(DbKind::Sqlite),
             "postgres" | "postgresql" => Ok(DbKind::Postgres),
             "mysql" | "mariadb" => Ok(DbKind::Mysql),
-            _ => bail!(
+            _ => Err(usage(format!(
                 "unsupported --database-url scheme `{scheme}`: use sqlite:PATH, \
                  postgres://USER@HOST/DB or mysql://USER@HOST/DB"
-            ),
+            ))),
         }
     }
 
@@ -115,14 +116,14 @@ impl DemoDb {
                     .trim_start_matches("sqlite:");
                 let path = Path::new(path.split('?').next().unwrap_or(path));
                 if path.as_os_str().is_empty() {
-                    bail!("--database-url sqlite:PATH needs a PATH");
+                    return Err(usage("--database-url sqlite:PATH needs a PATH"));
                 }
                 if path.exists() {
-                    bail!(
+                    return Err(usage(format!(
                         "--database-url sqlite:PATH must name a file that does not exist yet (the \
                          demo creates it and removes it at the end); `{}` exists",
                         path.display()
-                    );
+                    )));
                 }
                 DemoDb::sqlite(path, false).await
             }
@@ -267,6 +268,45 @@ impl DemoDb {
         Ok(pool)
     }
 
+    /// How many connections the server allows, and how many are in use: `None` for SQLite, a
+    /// file with no connection limit.
+    ///
+    /// # Errors
+    ///
+    /// The server could not be reached or asked.
+    pub(crate) async fn connection_budget(&self) -> anyhow::Result<Option<Budget>> {
+        let queries = match self.kind {
+            DbKind::Sqlite => return Ok(None),
+            // Connections reserved for superusers are not ours to take; background workers
+            // do not count against the limit.
+            DbKind::Postgres => [
+                "SELECT CAST(current_setting('max_connections') AS BIGINT) \
+                 - CAST(current_setting('superuser_reserved_connections') AS BIGINT)",
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE backend_type = 'client backend'",
+            ],
+            DbKind::Mysql => [
+                "SELECT CAST(@@max_connections AS SIGNED)",
+                "SELECT CAST(VARIABLE_VALUE AS SIGNED) FROM information_schema.GLOBAL_STATUS \
+                 WHERE VARIABLE_NAME = 'THREADS_CONNECTED'",
+            ],
+        };
+        let mut admin = connect(&self.url).await?;
+        let mut values = [0i64; 2];
+        for (value, query) in values.iter_mut().zip(queries) {
+            *value = sqlx::query_scalar::<_, i64>(query)
+                .fetch_one(&mut admin)
+                .await
+                .map_err(|err| flat(&err))
+                .with_context(|| format!("cannot read the connection limit at {}", self.shown))?;
+        }
+        admin.close().await.ok();
+        Ok(Some(Budget {
+            max: values[0],
+            // Less the connection that asked.
+            in_use: (values[1] - 1).max(0),
+        }))
+    }
+
     /// Drops the namespace: the schema or database with everything in it, or the SQLite file
     /// (the temporary directory goes when `self` is dropped).
     ///
@@ -301,6 +341,16 @@ impl DemoDb {
         admin.close().await.ok();
         Ok(())
     }
+}
+
+/// A database server's connection limit, from [`DemoDb::connection_budget`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    /// Connections an ordinary user may open (`max_connections`, less Postgres's superuser
+    /// reserve).
+    pub(crate) max: i64,
+    /// Connections open now, from other clients.
+    pub(crate) in_use: i64,
 }
 
 /// One connection, failing after [`CONNECT_TIMEOUT`] rather than hanging on a black hole.
