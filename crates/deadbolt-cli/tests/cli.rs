@@ -322,7 +322,7 @@ fn lost_lock_stops_the_command_and_exits_76() {
     assert!(marker.exists(), "the command did not get SIGTERM");
     let stderr = stderr(&out);
     assert!(
-        stderr.contains("lock `k` was lost (its lease had expired); stopping the command"),
+        stderr.contains("lock `k` was lost (its key was gone: the lease ran out, or the key was deleted or lost); stopping the command"),
         "{stderr}"
     );
 }

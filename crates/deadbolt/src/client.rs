@@ -60,6 +60,8 @@ pub(crate) struct Inner {
     pub(crate) fence_ttl: Duration,
     /// Woken when a connection dropped or was replaced.
     disconnected: Arc<Notify>,
+    /// Ends the heartbeat task as soon as the last clone of the client is dropped.
+    _heartbeat: tokio_util::sync::DropGuard,
 }
 
 /// Settings for a [`Client`], from [`Client::builder`].
@@ -345,6 +347,7 @@ impl ClientBuilder {
             waiters.degrade();
         }
         let watchdog = Watchdog::start(conn.clone(), self.command_timeout, disconnected.clone());
+        let stop = tokio_util::sync::CancellationToken::new();
         tracing::debug!(%addr, "connected");
         let inner = Arc::new(Inner {
             watchdog,
@@ -356,8 +359,9 @@ impl ClientBuilder {
             command_timeout: self.command_timeout,
             fence_ttl: self.fence_ttl,
             disconnected,
+            _heartbeat: stop.clone().drop_guard(),
         });
-        tokio::spawn(heartbeat(Arc::downgrade(&inner)));
+        tokio::spawn(heartbeat(Arc::downgrade(&inner), stop));
         Ok(Client { inner })
     }
 }
@@ -388,9 +392,14 @@ async fn check_server(conn: &mut redis::aio::MultiplexedConnection, addr: &str) 
 /// Pings every connection of a client each [`HEARTBEAT`]. One that stays silent for a command
 /// timeout is replaced (see `conn.rs`), and every held lock is then checked at once. Ends when
 /// the client is dropped.
-async fn heartbeat(client: std::sync::Weak<Inner>) {
+async fn heartbeat(client: std::sync::Weak<Inner>, stop: tokio_util::sync::CancellationToken) {
+    // Said once per outage, not twice a second: `silent` remembers what was already said.
+    let mut silent = [false; 2];
     loop {
-        tokio::time::sleep(HEARTBEAT).await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+        }
         let Some(inner) = client.upgrade() else {
             return;
         };
@@ -398,23 +407,27 @@ async fn heartbeat(client: std::sync::Weak<Inner>) {
         let (commands, pubsub) = (inner.conn.clone(), inner.waiters.conn().clone());
         // Not holding the client while waiting for replies: dropping it must end this task.
         drop(inner);
-        let (c, p) = tokio::join!(commands.ping(limit), pubsub.ping(limit));
+        let (c, p) = tokio::select! {
+            _ = stop.cancelled() => return,
+            outcomes = async { tokio::join!(commands.ping(limit), pubsub.ping(limit)) } => outcomes,
+        };
         let Some(inner) = client.upgrade() else {
             return;
         };
-        if c == PingOutcome::Silent {
-            tracing::warn!(
-                "the command connection did not answer a ping within {limit:?}; reconnecting"
-            );
-            inner.conn.replace();
-            inner.disconnected.notify_one();
-        }
-        if p == PingOutcome::Silent {
-            tracing::warn!(
-                "the pub/sub connection did not answer a ping within {limit:?}; reconnecting"
-            );
-            pubsub.replace();
-            inner.waiters.resubscribe_all();
+        for (i, (outcome, what)) in [(c, "command"), (p, "pub/sub")].into_iter().enumerate() {
+            if outcome != PingOutcome::Silent {
+                silent[i] = false;
+                continue;
+            }
+            if !std::mem::replace(&mut silent[i], true) {
+                tracing::warn!(addr = %inner.addr, "the {what} connection did not answer a ping within {limit:?}; reconnecting");
+            }
+            if i == 0 {
+                inner.conn.replace();
+            } else {
+                pubsub.replace();
+                inner.waiters.resubscribe_all();
+            }
             inner.disconnected.notify_one();
         }
     }

@@ -24,7 +24,7 @@ pub enum Error {
     },
 
     /// The lock was not acquired within the wait time.
-    #[error("timed out after {waited:?} waiting for lock `{name}`")]
+    #[error("timed out after {} waiting for lock `{name}`", Rounded(*waited))]
     Timeout {
         /// The lock name.
         name: String,
@@ -105,7 +105,9 @@ pub enum LostReason {
 impl std::fmt::Display for LostReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            LostReason::Expired => "its lease had expired",
+            LostReason::Expired => {
+                "its key was gone: the lease ran out, or the key was deleted or lost"
+            }
             LostReason::Taken => "another owner has taken it",
             LostReason::NotRenewed => "it could not be renewed in time",
         })
@@ -180,4 +182,45 @@ pub(crate) fn is_transient(e: &redis::RedisError) -> bool {
             e.code(),
             Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN")
         )
+}
+
+/// A duration as people read it: `250ms`, `1.01s`, `2m30s`.
+struct Rounded(Duration);
+
+impl std::fmt::Display for Rounded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = self.0;
+        if d < Duration::from_secs(1) {
+            write!(f, "{}ms", d.as_millis())
+        } else if d < Duration::from_secs(60) {
+            write!(f, "{:.2}s", d.as_secs_f64())
+        } else {
+            write!(f, "{}m{}s", d.as_secs() / 60, d.as_secs() % 60)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_print_rounded_durations() {
+        let err = |ms| Error::Timeout {
+            name: "a".into(),
+            waited: Duration::from_millis(ms),
+        };
+        assert_eq!(
+            err(250).to_string(),
+            "timed out after 250ms waiting for lock `a`"
+        );
+        assert_eq!(
+            err(1014).to_string(),
+            "timed out after 1.01s waiting for lock `a`"
+        );
+        assert_eq!(
+            err(150_000).to_string(),
+            "timed out after 2m30s waiting for lock `a`"
+        );
+    }
 }

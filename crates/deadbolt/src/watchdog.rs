@@ -240,7 +240,7 @@ fn expire(shared: &Shared, now: Instant) {
     shared.entries.lock().unwrap().map.retain(|_, e| {
         let alive = e.held.valid_until() > now && !e.held.lost.is_cancelled();
         if e.held.valid_until() <= now {
-            tracing::warn!(lock = %e.held.name, "lock lost: {}", LostReason::NotRenewed);
+            tracing::info!(lock = %e.held.name, "lock lost: {}", LostReason::NotRenewed);
             e.held.mark_lost(LostReason::NotRenewed);
         }
         alive
@@ -306,7 +306,7 @@ async fn renew(shared: Arc<Shared>, conn: Conn, batch: Vec<Due>, command_timeout
                     } else {
                         LostReason::Taken
                     };
-                    tracing::warn!(lock = %d.held.name, "lock lost: {reason}");
+                    tracing::info!(lock = %d.held.name, "lock lost: {reason}");
                     d.held.mark_lost(reason);
                 }
             }
