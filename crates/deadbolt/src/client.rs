@@ -176,12 +176,6 @@ impl Client {
     }
 }
 
-impl Inner {
-    pub(crate) fn keys(&self, name: &str) -> LockKeys {
-        LockKeys::new(&self.prefix, name)
-    }
-}
-
 /// What [`Client::inspect`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockInfo {

@@ -97,7 +97,7 @@ impl LockGuard {
         self.lease = lease;
         self.client.inner.watchdog.set_lease(self.id, lease, sent);
         let mut call = RENEW.prepare_invoke();
-        call.key(&held.keys.lock)
+        call.key(&held.key)
             .arg(&held.token)
             .arg(by.as_millis() as u64);
         let call = call.invoke_async::<Vec<i64>>(&mut conn);
@@ -133,7 +133,7 @@ impl LockGuard {
         let held = self.scope.held.clone();
         let mut conn = inner.conn.get();
         let own = held.has_subscription();
-        let call = scripts::release(&mut conn, &held.keys, &held.token, own);
+        let call = scripts::release(&mut conn, &held.key, &held.token, own);
         let reply = timeout(inner.command_timeout, call).await;
         // From here on nothing is left to do on drop: the release ran or definitely failed.
         self.released = true;
@@ -142,7 +142,7 @@ impl LockGuard {
         let ticket = held.take_ticket();
         let code = reply
             .map_err(|_| Error::no_reply())?
-            .map_err(|e| Error::from_redis(e, &held.keys.lock))?;
+            .map_err(|e| Error::from_redis(e, &held.key))?;
         hand_off(ticket, code);
         let outcome = match code {
             1.. => ReleaseOutcome::Released,
@@ -201,7 +201,7 @@ impl Drop for LockGuard {
         tracing::debug!(lock = %held.name, "guard dropped without release; releasing in the background");
         rt.spawn(async move {
             let mut conn = conn.get();
-            let release = scripts::release(&mut conn, &held.keys, &held.token, own);
+            let release = scripts::release(&mut conn, &held.key, &held.token, own);
             let reply = timeout(limit, release).await;
             if let Ok(Ok(code)) = reply {
                 hand_off(ticket, code);

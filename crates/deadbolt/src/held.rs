@@ -9,7 +9,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::conn::Conn;
 use crate::error::{Error, LostReason, Result, is_transient};
-use crate::key::LockKeys;
+use crate::key::fence_key;
 use crate::options::drift;
 use crate::queue::Ticket;
 use crate::scripts::MINT;
@@ -18,7 +18,8 @@ use crate::scripts::MINT;
 #[derive(Debug)]
 pub(crate) struct Held {
     pub(crate) name: String,
-    pub(crate) keys: LockKeys,
+    /// The lock key.
+    pub(crate) key: String,
     /// The owner token in the lock key.
     pub(crate) token: String,
     /// Until when the lock is known to be ours, by the local monotonic clock, and the generation
@@ -48,7 +49,7 @@ pub(crate) struct Held {
 #[derive(Debug)]
 pub(crate) struct HeldParts {
     pub(crate) name: String,
-    pub(crate) keys: LockKeys,
+    pub(crate) key: String,
     pub(crate) token: String,
     pub(crate) fence: Option<u64>,
     pub(crate) conn: Conn,
@@ -60,7 +61,7 @@ impl Held {
     pub(crate) fn new(parts: HeldParts, valid_until: Instant, ticket: Ticket) -> Held {
         Held {
             name: parts.name,
-            keys: parts.keys,
+            key: parts.key,
             token: parts.token,
             valid_until: Mutex::new((valid_until, 0)),
             lost: CancellationToken::new(),
@@ -194,8 +195,9 @@ impl Held {
             return Err(lost());
         }
         let mut call = MINT.prepare_invoke();
-        call.key(&self.keys.lock)
-            .key(&self.keys.fence)
+        let fence_key = fence_key(&self.key);
+        call.key(&self.key)
+            .key(&fence_key)
             .arg(&self.token)
             .arg(self.fence_ttl.as_millis() as u64);
         let mut reply = Err(crate::error::no_reply_error());
@@ -212,7 +214,7 @@ impl Held {
                 break;
             }
         }
-        let reply = reply.map_err(|e| Error::from_redis(e, &self.keys.fence))?;
+        let reply = reply.map_err(|e| Error::from_redis(e, &fence_key))?;
         match reply.as_slice() {
             [1, fence] => Ok(*fence as u64),
             [code, ..] => {

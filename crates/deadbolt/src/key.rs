@@ -34,29 +34,42 @@ pub struct LockKeys {
 impl LockKeys {
     /// Builds the keys of lock `name` under `prefix` (both already validated).
     pub(crate) fn new(prefix: &str, name: &str) -> LockKeys {
-        // Plain concatenation: this runs once per acquisition, and `format!` costs several
-        // times as much.
-        let mut lock = String::with_capacity(prefix.len() + name.len() + 3);
-        if !prefix.is_empty() {
-            lock.push_str(prefix);
-            lock.push(':');
-        }
-        lock.push('{');
-        lock.push_str(name);
-        lock.push('}');
-        let with = |suffix: &str| {
-            let mut key = String::with_capacity(lock.len() + suffix.len());
-            key.push_str(&lock);
-            key.push_str(suffix);
-            key
-        };
+        let lock = lock_key(prefix, name);
         LockKeys {
-            fence: with(":fence"),
-            channel: with(":released"),
+            fence: fence_key(&lock),
+            channel: channel(&lock),
             lock,
         }
     }
 }
+
+/// The lock key of `name` under `prefix`. An acquisition builds only this one; the others are
+/// derived from it when needed (and `release.lua` derives the channel itself).
+pub(crate) fn lock_key(prefix: &str, name: &str) -> String {
+    // Plain concatenation: this runs once per acquisition, and `format!` costs several times as
+    // much.
+    let mut lock = String::with_capacity(prefix.len() + name.len() + 3);
+    if !prefix.is_empty() {
+        lock.push_str(prefix);
+        lock.push(':');
+    }
+    lock.push('{');
+    lock.push_str(name);
+    lock.push('}');
+    lock
+}
+
+/// The fencing counter key of the lock at `lock`.
+pub(crate) fn fence_key(lock: &str) -> String {
+    [lock, ":fence"].concat()
+}
+
+/// The release channel of the lock at `lock`.
+pub(crate) fn channel(lock: &str) -> String {
+    [lock, ":released"].concat()
+}
+
+impl LockKeys {}
 
 /// Checks a lock name: non-empty, at most [`MAX_NAME_LEN`] bytes, no `{` or `}` (they would move
 /// the lock's keys to different hash slots).

@@ -12,7 +12,7 @@ use crate::client::{Client, Inner};
 use crate::error::{Error, Result, is_transient};
 use crate::guard::LockGuard;
 use crate::held::{Held, HeldParts};
-use crate::key::{LockKeys, validate_name};
+use crate::key::{channel, fence_key, lock_key, validate_name};
 use crate::options::{Lease, LockOptions, drift};
 use crate::scripts::{self, ACQUIRE};
 
@@ -218,7 +218,7 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
     let lease = options.lease.duration();
     let mut pending = Pending {
         inner: inner.clone(),
-        keys: inner.keys(&name),
+        key: lock_key(&inner.prefix, &name),
         token: new_token(lease),
         armed: false,
     };
@@ -239,7 +239,7 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
         if busy && ticket.line().subscription.is_none() {
             // Subscribe, then try once more: a release between the last try and the
             // subscription would otherwise go unseen.
-            subscribe(inner, &mut ticket, &pending.keys.channel, deadline).await;
+            subscribe(inner, &mut ticket, &channel(&pending.key), deadline).await;
         }
         let notify = ticket.line().subscription.as_ref().map(|s| s.notify());
         let notified = notify.as_ref().map(|n| n.notified());
@@ -255,7 +255,7 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
                 let valid_until = sent + lease - drift(lease);
                 let parts = HeldParts {
                     name,
-                    keys: std::mem::take(&mut pending.keys),
+                    key: std::mem::take(&mut pending.key),
                     token: std::mem::take(&mut pending.token),
                     fence,
                     conn: inner.conn.clone(),
@@ -373,7 +373,7 @@ fn jitter(d: Duration) -> Duration {
 /// `acquire` returns, or in the background if `acquire` is dropped.
 struct Pending {
     inner: Arc<Inner>,
-    keys: LockKeys,
+    key: String,
     token: String,
     armed: bool,
 }
@@ -388,8 +388,8 @@ impl Pending {
         let attempt = async {
             if fenced {
                 let mut call = ACQUIRE.prepare_invoke();
-                call.key(&self.keys.lock)
-                    .key(&self.keys.fence)
+                call.key(&self.key)
+                    .key(fence_key(&self.key))
                     .arg(&self.token)
                     .arg(lease.as_millis() as u64)
                     .arg(self.inner.fence_ttl.as_millis() as u64);
@@ -413,7 +413,7 @@ impl Pending {
             }
             // Nil: set, the lock is ours. A value: the holder's token, left alone (NX).
             let previous: Option<String> = redis::cmd("SET")
-                .arg(&self.keys.lock)
+                .arg(&self.key)
                 .arg(&self.token)
                 .arg("NX")
                 .arg("PX")
@@ -427,7 +427,7 @@ impl Pending {
                 Some(holder) if holder == self.token => Attempt::Acquired { fence: None },
                 Some(holder) => match holder_of(Some(&holder), 0) {
                     Holder::Peer { .. } => {
-                        let pttl: i64 = conn.pttl(&self.keys.lock).await?;
+                        let pttl: i64 = conn.pttl(&self.key).await?;
                         Attempt::Held(holder_of(Some(&holder), pttl))
                     }
                     deadbolt => Attempt::Held(deadbolt),
@@ -449,7 +449,7 @@ impl Pending {
             // Redis refused the command (say WRONGTYPE): nothing was written.
             Err(err) => {
                 self.armed = false;
-                Err(Error::from_redis(err, &self.keys.lock))
+                Err(Error::from_redis(err, &self.key))
             }
         }
     }
@@ -461,7 +461,7 @@ impl Pending {
             return;
         }
         let mut conn = self.inner.conn.get();
-        let release = scripts::release(&mut conn, &self.keys, &self.token, false);
+        let release = scripts::release(&mut conn, &self.key, &self.token, false);
         if let Ok(Ok(_)) = timeout(self.inner.command_timeout, release).await {
             self.armed = false;
         }
@@ -476,16 +476,16 @@ impl Drop for Pending {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (conn, limit, keys, token) = (
+        let (conn, limit, key, token) = (
             self.inner.conn.clone(),
             self.inner.command_timeout,
-            std::mem::take(&mut self.keys),
+            std::mem::take(&mut self.key),
             std::mem::take(&mut self.token),
         );
-        tracing::debug!(key = %keys.lock, "acquisition abandoned; releasing in the background");
+        tracing::debug!(%key, "acquisition abandoned; releasing in the background");
         rt.spawn(async move {
             let mut conn = conn.get();
-            let _ = timeout(limit, scripts::release(&mut conn, &keys, &token, false)).await;
+            let _ = timeout(limit, scripts::release(&mut conn, &key, &token, false)).await;
         });
     }
 }
@@ -496,32 +496,30 @@ const TOKEN_PREFIX: &str = "dbt1-";
 /// A fresh owner token: 128 random bits from the thread-local CSPRNG, and the lease, so a waiter
 /// that reads the token knows how long to wait at most: `dbt1-<32 hex digits>-<lease in ms>`.
 fn new_token(lease: Duration) -> String {
+    // By hand, a byte at a time: `format!("{:032x}")` costs more than the rest of the
+    // acquisition's bookkeeping.
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let random = rand::rng().random::<u128>();
-    let mut token = String::with_capacity(TOKEN_PREFIX.len() + 32 + 1 + 20);
-    token.push_str(TOKEN_PREFIX);
-    // By hand: `format!("{:032x}")` costs more than the rest of the acquisition's bookkeeping.
-    for shift in (0..32).rev() {
-        token.push(HEX[((random >> (shift * 4)) & 0xf) as usize] as char);
+    let random = rand::rng().random::<u128>().to_be_bytes();
+    let mut token = Vec::with_capacity(TOKEN_PREFIX.len() + 32 + 1 + 20);
+    token.extend_from_slice(TOKEN_PREFIX.as_bytes());
+    for byte in random {
+        token.extend_from_slice(&[HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]]);
     }
-    token.push('-');
-    token.push_str(itoa_u64(lease.as_millis() as u64).as_str());
-    token
-}
-
-/// A small number in decimal, without `format!`.
-fn itoa_u64(mut n: u64) -> String {
+    token.push(b'-');
     let mut digits = [0u8; 20];
-    let mut i = digits.len();
+    let mut at = digits.len();
+    let mut ms = lease.as_millis() as u64;
     loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
+        at -= 1;
+        digits[at] = b'0' + (ms % 10) as u8;
+        ms /= 10;
+        if ms == 0 {
             break;
         }
     }
-    String::from_utf8_lossy(&digits[i..]).into_owned()
+    token.extend_from_slice(&digits[at..]);
+    // Only ASCII was written.
+    String::from_utf8(token).unwrap_or_default()
 }
 
 /// Reads a holder's token (`None`: the key is gone) and the key's TTL.
@@ -551,8 +549,8 @@ mod tests {
     fn tokens_tell_deadbolt_holders_from_peers() {
         let token = new_token(Duration::from_millis(1500));
         assert_eq!(token.len(), 5 + 32 + 1 + 4);
-        assert_eq!(itoa_u64(0), "0");
-        assert_eq!(itoa_u64(u64::MAX), u64::MAX.to_string());
+        assert!(token.ends_with("-1500"), "{token}");
+        assert!(new_token(Duration::ZERO).ends_with("-0"));
         assert!(matches!(
             holder_of(Some(&token), 1000),
             Holder::Deadbolt { lease } if lease == Duration::from_millis(1500)

@@ -34,7 +34,8 @@ pub(crate) struct Line {
 
 /// One line per name.
 type Slot = Arc<tokio::sync::Mutex<Line>>;
-type Slots = Arc<Mutex<HashMap<String, Slot>>>;
+/// The names are shared with the tickets (one allocation per line, not one per ticket).
+type Slots = Arc<Mutex<HashMap<Arc<str>, Slot>>>;
 
 /// The per-client table of local lines, one per lock name in use.
 #[derive(Debug, Default)]
@@ -46,15 +47,22 @@ pub(crate) struct LocalQueue {
 /// lock is released (or the attempt gives up).
 #[derive(Debug)]
 pub(crate) struct Ticket {
-    name: String,
+    name: Arc<str>,
     guard: Option<OwnedMutexGuard<Line>>,
     slots: Slots,
 }
 
 impl LocalQueue {
-    fn slot(&self, name: &str) -> Slot {
+    /// The line of `name`, made if there is none, and the name as the table keeps it.
+    fn slot(&self, name: &str) -> (Arc<str>, Slot) {
         let mut slots = self.slots.lock().unwrap();
-        slots.entry(name.to_owned()).or_default().clone()
+        if let Some((name, slot)) = slots.get_key_value(name) {
+            return (name.clone(), slot.clone());
+        }
+        let name: Arc<str> = Arc::from(name);
+        let slot = Slot::default();
+        slots.insert(name.clone(), slot.clone());
+        (name, slot)
     }
 
     /// Waits for the head of the line of `name`.
@@ -63,20 +71,22 @@ impl LocalQueue {
     ///
     /// Cancel safe: a dropped future leaves the line.
     pub(crate) async fn enter(&self, name: &str) -> Ticket {
+        let (name, slot) = self.slot(name);
         let mut ticket = Ticket {
-            name: name.to_owned(),
+            name,
             guard: None,
             slots: self.slots.clone(),
         };
-        ticket.guard = Some(self.slot(name).lock_owned().await);
+        ticket.guard = Some(slot.lock_owned().await);
         ticket
     }
 
     /// Takes the head of the line of `name` if nobody is in it.
     pub(crate) fn try_enter(&self, name: &str) -> Option<Ticket> {
-        let guard = self.slot(name).try_lock_owned().ok();
+        let (name, slot) = self.slot(name);
+        let guard = slot.try_lock_owned().ok();
         let ticket = Ticket {
-            name: name.to_owned(),
+            name,
             guard,
             slots: self.slots.clone(),
         };

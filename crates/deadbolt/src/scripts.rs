@@ -34,15 +34,12 @@ pub(crate) static FENCED_SET: LazyLock<Script> =
 /// not someone to wake.
 pub(crate) async fn release(
     conn: &mut impl redis::aio::ConnectionLike,
-    keys: &crate::key::LockKeys,
+    key: &str,
     token: &str,
     own_subscription: bool,
 ) -> redis::RedisResult<i64> {
     let mut call = RELEASE.prepare_invoke();
-    call.key(&keys.lock)
-        .arg(token)
-        .arg(&keys.channel)
-        .arg(u8::from(own_subscription));
+    call.key(key).arg(token).arg(u8::from(own_subscription));
     call.invoke_async(conn).await
 }
 

@@ -54,9 +54,31 @@ struct Shared {
     next_id: AtomicU64,
 }
 
+/// Entry ids are a counter of our own, not input: no need for SipHash's protection, and its cost
+/// showed on every acquisition.
+#[derive(Debug, Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        // Spread sequential ids over the table's buckets (Fibonacci hashing).
+        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id;
+    }
+}
+
 #[derive(Debug, Default)]
 struct Entries {
-    map: HashMap<u64, Entry>,
+    map: HashMap<u64, Entry, std::hash::BuildHasherDefault<IdHasher>>,
     /// When the task plans to wake next (`None`: not until woken). An entry due later needs no
     /// wake-up: on a busy client that takes and releases locks in a loop, the task is not woken
     /// once per acquisition.
@@ -277,7 +299,7 @@ async fn renew(shared: Arc<Shared>, conn: Conn, batch: Vec<Due>, command_timeout
     let sent = Instant::now();
     let mut call = RENEW.prepare_invoke();
     for d in &batch {
-        call.key(&d.held.keys.lock)
+        call.key(&d.held.key)
             .arg(&d.held.token)
             .arg(d.lease.as_millis() as u64);
     }
