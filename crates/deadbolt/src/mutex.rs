@@ -338,8 +338,9 @@ async fn subscribe(
     channel: &str,
     deadline: Instant,
 ) -> Option<Arc<tokio::sync::Notify>> {
-    if ticket.line().subscription.is_none() {
-        let limit = deadline.max(Instant::now() + inner.command_timeout);
+    // Never past the caller's deadline: without a subscription the wait re-checks on a timer.
+    let limit = deadline.min(Instant::now() + inner.command_timeout);
+    if ticket.line().subscription.is_none() && limit > Instant::now() {
         match timeout_at(limit, inner.waiters.subscribe(channel)).await {
             Ok(Ok(sub)) => ticket.line().subscription = sub,
             Ok(Err(err)) => {
