@@ -205,7 +205,7 @@ async fn a_silent_connection_is_replaced_and_the_guard_never_overclaims() {
         assert_eq!(outcome, ReleaseOutcome::Released);
     }
 
-    // The waiter: its lines were replaced too, and a release wakes it.
+    // The waiter: its connections were replaced too, and a release wakes it.
     let released = Instant::now();
     assert_eq!(blocker.release().await.unwrap(), ReleaseOutcome::Released);
     let (guard, acquired) = tokio::time::timeout(Duration::from_secs(8), wanted)

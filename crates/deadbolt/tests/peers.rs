@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use deadbolt::{Client, ReleaseOutcome};
+use deadbolt::ReleaseOutcome;
 use deadbolt_testkit::RedisServer;
 use rand::RngExt;
 
@@ -134,7 +134,7 @@ async fn commands_during(server: &RedisServer, window: Duration) -> (u64, u64) {
 #[tokio::test]
 async fn a_waiter_does_not_poll_a_deadbolt_holder_and_rechecks_a_peer_at_a_bounded_rate() {
     let (server, holder) = setup().await;
-    let waiting: Client = client(&server).await;
+    let waiting = client(&server).await;
     let channel = "deadbolt:{a}:released";
 
     let guard = holder
@@ -169,6 +169,8 @@ async fn a_waiter_does_not_poll_a_deadbolt_holder_and_rechecks_a_peer_at_a_bound
         released.elapsed()
     );
     assert_eq!(theirs.release().await.unwrap(), ReleaseOutcome::Released);
+    // The line's subscription ends in the background.
+    assert!(eventually(ms(2000), || subscribers(&server, channel) == 0).await);
 
     // The same waiter behind a peer: SET (held) and PTTL every 50 ms ± 20 %.
     crate::util::raw(
@@ -189,7 +191,7 @@ async fn a_waiter_does_not_poll_a_deadbolt_holder_and_rechecks_a_peer_at_a_bound
     let (all, sets) = commands_during(&server, ms(1000)).await;
     println!("peer holder, 1 s: {all} commands, {sets} SETs");
     assert!((12..=30).contains(&sets), "{sets} re-checks in 1 s");
-    assert!(all <= 2 * sets + 2, "{all} commands for {sets} re-checks");
+    assert!(all <= 2 * sets + 1, "{all} commands for {sets} re-checks");
     crate::util::raw(&server, &["DEL", "deadbolt:{a}"]);
     let theirs = task.await.unwrap().unwrap();
     assert_eq!(theirs.release().await.unwrap(), ReleaseOutcome::Released);
