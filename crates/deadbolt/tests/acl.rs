@@ -19,9 +19,9 @@ const ALL_KEYS_AND_COMMANDS: [&str; 2] = ["~*", "+@all"];
 /// The warnings logged on this thread: a current-thread runtime runs every task of its test on
 /// it, so these are the warnings of one test.
 ///
-/// A process-wide subscriber, installed once, that records warnings and errors with the thread
-/// they came from. (A subscriber set for the thread alone misses events now and then when other
-/// tests log on other threads at the same time, through tracing's per-callsite interest cache.)
+/// A process-wide subscriber, installed once, records warnings and errors with the thread they
+/// came from. (A subscriber set for this thread alone with `set_default` missed the warning now
+/// and then while other tests ran on other threads.)
 #[derive(Debug, Clone, Copy)]
 struct Warnings {
     thread: ThreadId,
