@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use deadbolt::{Client, Error, Lease, LockOptions};
+use deadbolt::{Client, Error, Lease, LockOptions, ReleaseOutcome};
 use deadbolt_testkit::RedisServer;
 
 use crate::util::{ms, setup};
@@ -210,4 +210,143 @@ async fn a_fence_key_of_another_type_takes_no_lock() {
         ["deadbolt:{a}:fence"],
         "a lock was left taken"
     );
+}
+
+/// Commands the server has run since `reset_stats`, leaving out the test's own (`CONFIG`,
+/// `INFO`) and the clients' heartbeat pings.
+fn commands_since_reset(server: &RedisServer) -> Vec<(String, u64)> {
+    server
+        .command_calls()
+        .into_iter()
+        .filter(|(c, _)| !c.starts_with("config") && c != "info" && c != "ping")
+        .collect()
+}
+
+/// A fence TTL outside 1 s to [`deadbolt::MAX_FENCE_TTL`] is refused by `connect` before it
+/// reaches the server; both ends of the range are accepted, and the longest one really is the
+/// counter's expiry.
+#[tokio::test]
+async fn a_fence_ttl_out_of_range_is_refused_before_connecting() {
+    let server = RedisServer::start().unwrap();
+    server.reset_stats();
+    for ttl in [
+        Duration::ZERO,
+        ms(999),
+        deadbolt::MAX_FENCE_TTL + ms(1),
+        Duration::MAX,
+    ] {
+        let r = Client::builder(&server.url())
+            .fence_ttl(ttl)
+            .connect()
+            .await;
+        assert_invalid(r, "fence ttl");
+    }
+    assert_eq!(commands_since_reset(&server), []);
+    assert!(server.keys().is_empty(), "{:?}", server.keys());
+
+    for ttl in [Duration::from_secs(1), deadbolt::MAX_FENCE_TTL] {
+        let locks = Client::builder(&server.url())
+            .fence_ttl(ttl)
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("fence ttl {ttl:?}: {e:?}"));
+        let guard = locks.lock("a").fenced().acquire().await.unwrap();
+        guard.release().await.unwrap();
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg("deadbolt:{a}:fence")
+            .query(&mut server.connection())
+            .unwrap();
+        let expected = ttl.as_millis() as i64;
+        assert!(
+            pttl > expected - 500 && pttl <= expected,
+            "fence ttl {ttl:?}: counter expires in {pttl} ms"
+        );
+    }
+}
+
+/// Every option of an acquisition or an `extend` is checked before any command is sent: a bad
+/// one leaves no key and Redis sees nothing but the clients' heartbeats; the held lock an
+/// `extend` was refused for keeps its lease.
+#[tokio::test]
+async fn bad_options_send_no_command() {
+    let (server, locks) = setup().await;
+    let mut guard = locks
+        .lock("held")
+        .lease(Duration::from_secs(5))
+        .acquire()
+        .await
+        .unwrap();
+    let valid_until = guard.valid_until();
+    server.reset_stats();
+
+    assert_invalid(
+        locks.lock("a").lease(Duration::ZERO).acquire().await,
+        "lease",
+    );
+    assert_invalid(
+        locks.lock("a").lease(Duration::ZERO).try_acquire().await,
+        "lease",
+    );
+    assert_invalid(locks.lock("a").watchdog(ms(5)).acquire().await, "lease");
+    assert_invalid(
+        locks
+            .lock("a")
+            .fenced()
+            .lease(Duration::ZERO)
+            .acquire()
+            .await,
+        "lease",
+    );
+    assert_invalid(
+        locks
+            .lock("a")
+            .watchdog(ms(300))
+            .renew_every(ms(300))
+            .acquire()
+            .await,
+        "renewal interval",
+    );
+    assert_invalid(
+        locks
+            .lock("a")
+            .watchdog(ms(300))
+            .renew_every(ms(301))
+            .try_acquire()
+            .await,
+        "renewal interval",
+    );
+    assert_invalid(
+        locks
+            .lock("a")
+            .watchdog(ms(300))
+            .renew_every(Duration::ZERO)
+            .acquire()
+            .await,
+        "renewal interval",
+    );
+    assert_invalid(
+        locks
+            .lock("a")
+            .wait(deadbolt::MAX_WAIT + ms(1))
+            .acquire()
+            .await,
+        "wait",
+    );
+    assert_invalid(locks.lock("a}").try_acquire().await, "lock name");
+    // Another task of this client waits for "held" in its local line, not at Redis: a bad lease
+    // is refused before it queues there.
+    assert_invalid(locks.lock("held").lease(ms(1)).acquire().await, "lease");
+    assert_invalid(guard.extend(Duration::ZERO).await, "lease");
+    assert_invalid(guard.extend(deadbolt::MAX_LEASE + ms(1)).await, "lease");
+
+    assert_eq!(commands_since_reset(&server), []);
+    assert_eq!(server.keys(), ["deadbolt:{held}"]);
+    assert_eq!(
+        guard.valid_until(),
+        valid_until,
+        "a refused extend moved the lease"
+    );
+    assert!(guard.is_held());
+    assert_eq!(guard.release().await.unwrap(), ReleaseOutcome::Released);
+    crate::util::assert_clean(&server);
 }

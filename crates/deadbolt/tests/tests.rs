@@ -4,6 +4,8 @@
 /// Shared helpers: start a server and a client, check what is left in Redis.
 mod util;
 
+/// ACL users without channel rights: locking works, waiters re-check; with rights, pub/sub.
+mod acl;
 /// Every bad input gets a typed error and leaves nothing in Redis.
 mod bad_input;
 /// Acquire, release and their outcomes; try_acquire; extend; inspect.
@@ -12,12 +14,16 @@ mod basics;
 mod cancel;
 /// Mutual exclusion under contention from several clients, with fencing tokens.
 mod exclusion;
+/// Network and server faults: restart, silent connections, resets, outages, latency.
+mod faults;
 /// The resource-side fencing check.
 mod fence;
 /// Peers that use the same key layout (redsync, node-redlock, redis-py) are excluded too.
 mod interop;
 /// The #[locked] attribute, at run time.
 mod macros;
+/// Mixed fleets: waiters re-check behind peers, and do not poll behind deadbolt holders.
+mod peers;
 /// The scoped form, `Client::with_lock`.
 mod scoped;
 /// `rediss://`: a private CA, untrusted certificates, TLS to a plain server (`tls` feature).
