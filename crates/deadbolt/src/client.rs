@@ -301,6 +301,10 @@ impl ClientBuilder {
             Err(e) if e.code() == Some("NOPERM") => false,
             Err(e) => return Err(connect_err(e)),
         };
+        // Loaded up front: the first release of each script then pays no NOSCRIPT round trip.
+        crate::scripts::load_all(&mut conn)
+            .await
+            .map_err(connect_err)?;
         drop(conn);
 
         // No response timeout in the manager: every command deadbolt sends has its own bound

@@ -54,11 +54,10 @@ pub async fn set_if_newer<C: ConnectionLike>(
     token: u64,
     value: &[u8],
 ) -> Result<bool> {
+    let mut call = FENCED_SET.call(1);
+    call.arg(key).arg(token).arg(value);
     let written: i64 = FENCED_SET
-        .key(key)
-        .arg(token)
-        .arg(value)
-        .invoke_async(conn)
+        .run(&call, conn, None)
         .await
         .map_err(|e| Error::from_redis(e, key))?;
     Ok(written == 1)

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::{Instant, timeout};
+use tokio::time::Instant;
 
 use crate::client::Client;
 use crate::error::{Error, LostReason, Result};
@@ -96,14 +96,12 @@ impl LockGuard {
         let generation = held.begin_extend(sent, by);
         self.lease = lease;
         self.client.inner.watchdog.set_lease(self.id, lease, sent);
-        let mut call = RENEW.prepare_invoke();
-        call.key(&held.key)
+        let mut call = RENEW.call(1);
+        call.arg(&held.key)
             .arg(&held.token)
             .arg(by.as_millis() as u64);
-        let call = call.invoke_async::<Vec<i64>>(&mut conn);
-        let codes = timeout(self.client.inner.command_timeout, call)
-            .await
-            .map_err(|_| Error::no_reply())??;
+        let limit = self.client.inner.command_timeout;
+        let codes: Vec<i64> = RENEW.run(&call, &mut conn, Some(limit)).await?;
         if let Some(&code) = codes.first().filter(|&&c| c != 1) {
             held.mark_lost(if code == 0 {
                 LostReason::Expired
@@ -133,17 +131,20 @@ impl LockGuard {
         let held = self.scope.held.clone();
         let mut conn = inner.conn.get();
         let own = held.has_subscription();
-        let call = scripts::release(&mut conn, &held.key, &held.token, own);
-        let reply = timeout(inner.command_timeout, call).await;
+        let limit = inner.command_timeout;
+        let reply = scripts::release(&mut conn, &held.key, &held.token, own, limit).await;
         // From here on nothing is left to do on drop: the release ran or definitely failed.
         self.released = true;
         // The local line moves on only now: until the reply, the next local task would find the
         // lock still ours.
         let ticket = held.take_ticket();
-        let code = reply
-            .map_err(|_| Error::no_reply())?
-            .map_err(|e| Error::from_redis(e, &held.key))?;
+        let code = reply.map_err(|e| Error::from_redis(e, &held.key))?;
         hand_off(ticket, code);
+        if code == 3 {
+            // Redis refused the PUBLISH: this user may not use the channels (any more). Later
+            // tokens say so, so waiters re-check instead of waiting for a message.
+            inner.waiters.degrade();
+        }
         let outcome = match code {
             1.. => ReleaseOutcome::Released,
             0 => ReleaseOutcome::AlreadyExpired,
@@ -201,9 +202,8 @@ impl Drop for LockGuard {
         tracing::debug!(lock = %held.name, "guard dropped without release; releasing in the background");
         rt.spawn(async move {
             let mut conn = conn.get();
-            let release = scripts::release(&mut conn, &held.key, &held.token, own);
-            let reply = timeout(limit, release).await;
-            if let Ok(Ok(code)) = reply {
+            let reply = scripts::release(&mut conn, &held.key, &held.token, own, limit).await;
+            if let Ok(code) = reply {
                 hand_off(ticket, code);
             }
         });

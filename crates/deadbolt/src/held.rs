@@ -4,7 +4,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::OnceCell;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::conn::Conn;
@@ -194,22 +194,17 @@ impl Held {
         if self.lost.is_cancelled() {
             return Err(lost());
         }
-        let mut call = MINT.prepare_invoke();
         let fence_key = fence_key(&self.key);
-        call.key(&self.key)
-            .key(&fence_key)
+        let mut call = MINT.call(2);
+        call.arg(&self.key)
+            .arg(&fence_key)
             .arg(&self.token)
             .arg(self.fence_ttl.as_millis() as u64);
-        let mut reply = Err(crate::error::no_reply_error());
+        let mut reply: redis::RedisResult<Vec<i64>> = Err(crate::error::no_reply_error());
         // One retry after a connection-level failure: minting twice only skips a token.
         for _ in 0..2 {
             let mut conn = self.conn.get();
-            reply = timeout(
-                self.command_timeout,
-                call.invoke_async::<Vec<i64>>(&mut conn),
-            )
-            .await
-            .unwrap_or_else(|_| Err(crate::error::no_reply_error()));
+            reply = MINT.run(&call, &mut conn, Some(self.command_timeout)).await;
             if !reply.as_ref().is_err_and(is_transient) {
                 break;
             }

@@ -157,6 +157,11 @@ const PEER_RECHECK: Duration = Duration::from_millis(50);
 /// rights) and so is never woken by a release.
 const DEGRADED_RECHECK: Duration = Duration::from_millis(100);
 
+/// How long `acquire` waits for the clean-up of an attempt of unknown outcome when it gives up
+/// because Redis did not answer: enough for a server that answers again, short enough not to
+/// delay the error by another command timeout.
+const CLEAN_UP_AFTER_FAILURE: Duration = Duration::from_millis(100);
+
 /// The first and the longest pause after an attempt that failed for a connection-level reason
 /// (refused, reset, no reply); doubled after each failure in a row, with jitter.
 const BACKOFF_MIN: Duration = Duration::from_millis(25);
@@ -174,8 +179,9 @@ enum Attempt {
 /// Who holds the lock, as far as an attempt could tell.
 enum Holder {
     /// A deadbolt client, whose token carries its lease: no release message can be later than
-    /// that (the TTL bound), and its release will be published.
-    Deadbolt { lease: Duration },
+    /// that (the TTL bound), and its release will be published unless it is `quiet` (its user
+    /// may not publish: then it is re-checked like a peer).
+    Deadbolt { lease: Duration, quiet: bool },
     /// Another library, with the key's remaining TTL in ms (-1: no expiry).
     Peer { pttl: i64 },
     /// The key vanished between the attempt and the look at its TTL: try again at once.
@@ -219,7 +225,7 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
     let mut pending = Pending {
         inner: inner.clone(),
         key: lock_key(&inner.prefix, &name),
-        token: new_token(lease),
+        token: new_token(lease, inner.waiters.is_degraded()),
         armed: false,
     };
     // Once the lock was seen held, waiting is contention; before, only Redis's answer counts.
@@ -275,7 +281,9 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
                 // The deadline passing now means Redis did not answer, not that the lock was held.
                 let now = Instant::now();
                 if try_only || now >= deadline {
-                    pending.clean_up().await;
+                    // Briefly: Redis just failed to answer, so a long wait would only delay the
+                    // error; an attempt it cannot clean up now is released in the background.
+                    pending.clean_up(CLEAN_UP_AFTER_FAILURE).await;
                     return Err(unavailable(inner, err));
                 }
                 tracing::debug!(error = %err, "attempt failed; retrying");
@@ -284,7 +292,7 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
                 continue;
             }
             Err(err) => {
-                pending.clean_up().await;
+                pending.clean_up(inner.command_timeout).await;
                 return Err(err);
             }
         };
@@ -307,7 +315,10 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
         };
         let wake = match holder {
             Holder::Gone => continue,
-            Holder::Deadbolt { lease } => now + recheck.map_or(lease, |r| jitter(r).min(lease)),
+            Holder::Deadbolt { lease, quiet } => {
+                let recheck = recheck.or(quiet.then_some(PEER_RECHECK));
+                now + recheck.map_or(lease, |r| jitter(r).min(lease))
+            }
             Holder::Peer { pttl } => {
                 let recheck = jitter(recheck.unwrap_or(PEER_RECHECK));
                 match u64::try_from(pttl) {
@@ -388,14 +399,15 @@ impl Pending {
         let mut conn = self.inner.conn.get();
         let attempt = async {
             if fenced {
-                let mut call = ACQUIRE.prepare_invoke();
-                call.key(&self.key)
-                    .key(fence_key(&self.key))
+                let mut call = ACQUIRE.call(2);
+                call.arg(&self.key)
+                    .arg(fence_key(&self.key))
                     .arg(&self.token)
                     .arg(lease.as_millis() as u64)
                     .arg(self.inner.fence_ttl.as_millis() as u64);
                 // {1, fence} or {0, pttl, holder}.
-                let reply: Vec<redis::Value> = call.invoke_async(&mut conn).await?;
+                // The whole attempt is bounded below.
+                let reply: Vec<redis::Value> = ACQUIRE.run(&call, &mut conn, None).await?;
                 let int = |i: usize| match reply.get(i) {
                     Some(redis::Value::Int(n)) => *n,
                     _ => -2,
@@ -455,15 +467,17 @@ impl Pending {
         }
     }
 
-    /// Releases what an attempt with an unknown outcome may have taken, within one command
-    /// timeout; left to the background (see `Drop`) if that fails too.
-    async fn clean_up(&mut self) {
+    /// Releases what an attempt with an unknown outcome may have taken, within `limit`; left to
+    /// the background (see `Drop`) if that fails too.
+    async fn clean_up(&mut self, limit: Duration) {
         if !self.armed {
             return;
         }
         let mut conn = self.inner.conn.get();
-        let release = scripts::release(&mut conn, &self.key, &self.token, false);
-        if let Ok(Ok(_)) = timeout(self.inner.command_timeout, release).await {
+        if scripts::release(&mut conn, &self.key, &self.token, false, limit)
+            .await
+            .is_ok()
+        {
             self.armed = false;
         }
     }
@@ -486,7 +500,7 @@ impl Drop for Pending {
         tracing::debug!(%key, "acquisition abandoned; releasing in the background");
         rt.spawn(async move {
             let mut conn = conn.get();
-            let _ = timeout(limit, scripts::release(&mut conn, &key, &token, false)).await;
+            let _ = scripts::release(&mut conn, &key, &token, false, limit).await;
         });
     }
 }
@@ -495,8 +509,9 @@ impl Drop for Pending {
 const TOKEN_PREFIX: &str = "dbt1-";
 
 /// A fresh owner token: 128 random bits from the thread-local CSPRNG, and the lease, so a waiter
-/// that reads the token knows how long to wait at most: `dbt1-<32 hex digits>-<lease in ms>`.
-fn new_token(lease: Duration) -> String {
+/// that reads the token knows how long to wait at most: `dbt1-<32 hex digits>-<lease in ms>`,
+/// with `-q` after it when this client may not publish its releases (`quiet`).
+fn new_token(lease: Duration, quiet: bool) -> String {
     // By hand, a byte at a time: `format!("{:032x}")` costs more than the rest of the
     // acquisition's bookkeeping.
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -519,6 +534,9 @@ fn new_token(lease: Duration) -> String {
         }
     }
     token.extend_from_slice(&digits[at..]);
+    if quiet {
+        token.extend_from_slice(b"-q");
+    }
     // Only ASCII was written.
     String::from_utf8(token).unwrap_or_default()
 }
@@ -532,11 +550,18 @@ fn holder_of(token: Option<&str>, pttl: i64) -> Holder {
         .strip_prefix(TOKEN_PREFIX)
         .and_then(|rest| rest.split_once('-'))
         .filter(|(random, _)| random.len() == 32)
-        .and_then(|(_, lease)| lease.parse::<u64>().ok());
+        .and_then(|(_, rest)| {
+            let (lease, quiet) = match rest.strip_suffix("-q") {
+                Some(lease) => (lease, true),
+                None => (rest, false),
+            };
+            Some((lease.parse::<u64>().ok()?, quiet))
+        });
     match (lease, pttl) {
         (_, -2) => Holder::Gone,
-        (Some(ms), _) => Holder::Deadbolt {
+        (Some((ms, quiet)), _) => Holder::Deadbolt {
             lease: Duration::from_millis(ms),
+            quiet,
         },
         (None, pttl) => Holder::Peer { pttl },
     }
@@ -548,13 +573,18 @@ mod tests {
 
     #[test]
     fn tokens_tell_deadbolt_holders_from_peers() {
-        let token = new_token(Duration::from_millis(1500));
+        let token = new_token(Duration::from_millis(1500), false);
         assert_eq!(token.len(), 5 + 32 + 1 + 4);
         assert!(token.ends_with("-1500"), "{token}");
-        assert!(new_token(Duration::ZERO).ends_with("-0"));
+        assert!(new_token(Duration::ZERO, false).ends_with("-0"));
         assert!(matches!(
             holder_of(Some(&token), 1000),
-            Holder::Deadbolt { lease } if lease == Duration::from_millis(1500)
+            Holder::Deadbolt { lease, quiet: false } if lease == Duration::from_millis(1500)
+        ));
+        let quiet = new_token(Duration::from_millis(20), true);
+        assert!(matches!(
+            holder_of(Some(&quiet), 10),
+            Holder::Deadbolt { lease, quiet: true } if lease == Duration::from_millis(20)
         ));
         // redis-py's token is uuid1().hex: 32 hex digits, no prefix.
         let peer = "0123456789abcdef0123456789abcdef";

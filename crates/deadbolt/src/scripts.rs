@@ -1,46 +1,121 @@
 //! The Lua scripts, loaded once per process. Their sources sit in `scripts/*.lua`, each with a
 //! header naming its keys, arguments and replies.
 //!
-//! `redis::Script` runs `EVALSHA` and falls back to loading the script on `NOSCRIPT` (after a
-//! Redis restart or `SCRIPT FLUSH`), so callers never handle that case.
+//! A script runs as `EVALSHA`; when the server does not know it (after a restart or a `SCRIPT
+//! FLUSH`), the same call is sent once more as `EVAL` with the script's source, which also caches
+//! it. That is two round trips where redis-rs's `Script` takes three (`EVALSHA`, `SCRIPT LOAD`,
+//! `EVALSHA`): on a slow link the difference decides whether a release fits its command timeout.
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
-use redis::Script;
+use redis::aio::ConnectionLike;
+use redis::{Arg, Cmd, ErrorKind, FromRedisValue, RedisResult, ServerErrorKind};
+
+/// A Lua script and its SHA-1.
+#[derive(Debug)]
+pub(crate) struct Lua {
+    code: &'static str,
+    hash: String,
+}
+
+impl Lua {
+    fn new(code: &'static str) -> Lua {
+        Lua {
+            code,
+            hash: redis::Script::new(code).get_hash().to_owned(),
+        }
+    }
+
+    /// An `EVALSHA` of this script with `keys` keys; add the keys, then the arguments.
+    pub(crate) fn call(&self, keys: usize) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.hash).arg(keys);
+        cmd
+    }
+
+    /// Runs `call` (from [`Lua::call`]), falling back to `EVAL` if the server lacks the script.
+    /// Each round trip gets `limit`, if given (a reply that does not come is an I/O error of
+    /// kind `TimedOut`): a slow link that needs the fallback is not failed for needing two.
+    pub(crate) async fn run<T: FromRedisValue>(
+        &self,
+        call: &Cmd,
+        conn: &mut impl ConnectionLike,
+        limit: Option<Duration>,
+    ) -> RedisResult<T> {
+        match bounded(limit, call.query_async(conn)).await {
+            Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(self.code);
+                // Everything after `EVALSHA <sha>`: the key count, keys and arguments.
+                for arg in call.args_iter().skip(2) {
+                    if let Arg::Simple(bytes) = arg {
+                        eval.arg(bytes);
+                    }
+                }
+                bounded(limit, eval.query_async(conn)).await
+            }
+            reply => reply,
+        }
+    }
+}
+
+/// `reply`, or a timeout error if it takes longer than `limit`.
+async fn bounded<T>(
+    limit: Option<Duration>,
+    reply: impl Future<Output = RedisResult<T>>,
+) -> RedisResult<T> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, reply)
+            .await
+            .unwrap_or_else(|_| Err(crate::error::no_reply_error())),
+        None => reply.await,
+    }
+}
+
+/// Loads every script, so that the first call of each pays no `NOSCRIPT` round trip.
+pub(crate) async fn load_all(conn: &mut impl ConnectionLike) -> RedisResult<()> {
+    let mut pipe = redis::pipe();
+    for script in [&*ACQUIRE, &*MINT, &*RELEASE, &*RENEW] {
+        pipe.cmd("SCRIPT").arg("LOAD").arg(script.code).ignore();
+    }
+    pipe.query_async(conn).await
+}
 
 /// `SET NX PX` plus a fencing token: see `scripts/acquire.lua`.
-pub(crate) static ACQUIRE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/acquire.lua")));
+pub(crate) static ACQUIRE: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new(include_str!("scripts/acquire.lua")));
 
 /// Owner-checked minting of a fencing token on first use: see `scripts/mint.lua`.
-pub(crate) static MINT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/mint.lua")));
+pub(crate) static MINT: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new(include_str!("scripts/mint.lua")));
 
 /// Compare-and-delete plus publish: see `scripts/release.lua`.
-pub(crate) static RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
+pub(crate) static RELEASE: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new(include_str!("scripts/release.lua")));
 
 /// Owner-checked `PEXPIRE` over a batch: see `scripts/renew.lua`.
-pub(crate) static RENEW: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/renew.lua")));
+pub(crate) static RENEW: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new(include_str!("scripts/renew.lua")));
 
 /// Write-if-not-older for the protected resource: see `scripts/fenced_set.lua`.
-pub(crate) static FENCED_SET: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/fenced_set.lua")));
+pub(crate) static FENCED_SET: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new(include_str!("scripts/fenced_set.lua")));
 
 /// Runs `release.lua` for one lock: 1 released, 2 released with other clients waiting, 3
 /// released without telling waiters (no channel rights), 0 already expired, -1 held by another
 /// owner. `own_subscription`: this client is subscribed to the lock's channel itself, which is
 /// not someone to wake.
 pub(crate) async fn release(
-    conn: &mut impl redis::aio::ConnectionLike,
+    conn: &mut impl ConnectionLike,
     key: &str,
     token: &str,
     own_subscription: bool,
-) -> redis::RedisResult<i64> {
-    let mut call = RELEASE.prepare_invoke();
-    call.key(key).arg(token).arg(u8::from(own_subscription));
-    call.invoke_async(conn).await
+    limit: Duration,
+) -> RedisResult<i64> {
+    let mut call = RELEASE.call(1);
+    call.arg(key).arg(token).arg(u8::from(own_subscription));
+    RELEASE.run(&call, conn, Some(limit)).await
 }
 
 #[cfg(test)]
@@ -48,13 +123,18 @@ mod tests {
     use super::*;
 
     /// The hash `EVALSHA` sends is the one Redis computes, so no call pays a `NOSCRIPT` round
-    /// trip after the first load (redsync's check).
+    /// trip after the first (redsync's check).
     #[test]
     fn script_hashes_match_what_redis_computes() {
         let server = deadbolt_testkit::RedisServer::start().unwrap();
         let mut conn = server.connection();
         for script in [&*ACQUIRE, &*MINT, &*RELEASE, &*RENEW, &*FENCED_SET] {
-            assert_eq!(script.load(&mut conn).unwrap(), script.get_hash());
+            let hash: String = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(script.code)
+                .query(&mut conn)
+                .unwrap();
+            assert_eq!(hash, script.hash);
         }
     }
 }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::Conn;
@@ -297,18 +297,18 @@ fn take_due(shared: &Shared, now: Instant) -> Vec<Due> {
 /// Renews (or checks) one batch in one script call and applies the outcome to each lock.
 async fn renew(shared: Arc<Shared>, conn: Conn, batch: Vec<Due>, command_timeout: Duration) {
     let sent = Instant::now();
-    let mut call = RENEW.prepare_invoke();
+    let mut call = RENEW.call(batch.len());
     for d in &batch {
-        call.key(&d.held.key)
-            .arg(&d.held.token)
-            .arg(d.lease.as_millis() as u64);
+        call.arg(&d.held.key);
+    }
+    for d in &batch {
+        call.arg(&d.held.token).arg(d.lease.as_millis() as u64);
     }
     let mut conn = conn.get();
     let reply: Result<Vec<i64>, String> =
-        match timeout(command_timeout, call.invoke_async(&mut conn)).await {
-            Ok(Ok(codes)) => Ok(codes),
-            Ok(Err(err)) => Err(err.to_string()),
-            Err(_) => Err(format!("no reply within {command_timeout:?}")),
+        match RENEW.run(&call, &mut conn, Some(command_timeout)).await {
+            Ok(codes) => Ok(codes),
+            Err(err) => Err(err.to_string()),
         };
     let mut entries = shared.entries.lock().unwrap();
     match reply {
