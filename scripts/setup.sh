@@ -56,7 +56,7 @@ ensure_postgres() {
     export DEADBOLT_TEST_POSTGRES_URL=$url
     return 0
   fi
-  echo "deadbolt: creating the PostgreSQL login deadbolt_test and its database deadbolt_test" >&2
+  echo "deadbolt: creating the PostgreSQL login deadbolt_test and its database deadbolt_test, where missing" >&2
   # As the postgres superuser over the local socket (peer authentication); from / because
   # postgres may not read the caller's directory. Creates what is missing and alters nothing:
   # deadbolt_test gets LOGIN only (no CREATEDB, no CREATEROLE) and owns its database, so it may
@@ -98,7 +98,7 @@ ensure_mariadb() {
     export DEADBOLT_TEST_MYSQL_URL=$url
     return 0
   fi
-  echo "deadbolt: creating the MariaDB login deadbolt_test and its database deadbolt_test" >&2
+  echo "deadbolt: creating the MariaDB login deadbolt_test and its database deadbolt_test, where missing" >&2
   # As root over the local socket (how a fresh MariaDB lets root in). IF NOT EXISTS leaves an
   # existing user and its password alone. Rights: its own database, and the databases
   # deadbolt_demo_* that the demo creates and drops; no global privilege, no GRANT OPTION.
@@ -116,7 +116,10 @@ SQL
   export DEADBOLT_TEST_MYSQL_URL=$url
 }
 
+# A URL set by the caller names a server of their own: nothing is installed or created for it.
 ensure_databases() {
-  ensure_postgres || echo "deadbolt: WARNING: PostgreSQL is not available; its demo tests will be SKIPPED" >&2
-  ensure_mariadb || echo "deadbolt: WARNING: MariaDB is not available; its demo tests will be SKIPPED" >&2
+  [ -n "${DEADBOLT_TEST_POSTGRES_URL:-}" ] || ensure_postgres ||
+    echo "deadbolt: WARNING: no PostgreSQL login for the tests; its demo tests will be SKIPPED" >&2
+  [ -n "${DEADBOLT_TEST_MYSQL_URL:-}" ] || ensure_mariadb ||
+    echo "deadbolt: WARNING: no MariaDB login for the tests; its demo tests will be SKIPPED" >&2
 }
