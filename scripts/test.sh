@@ -2,7 +2,8 @@
 # Runs every test: installs redis-server (and PostgreSQL and MariaDB, for the demo's tests) if
 # missing, then the workspace's tests against real servers. The Redis servers are started by the
 # tests themselves on free loopback ports; the databases are the machine's, on their standard
-# ports, and the demo creates and drops a schema of its own there.
+# ports, reached as the login deadbolt_test (see setup.sh), and the demo creates and drops a
+# schema or database of its own there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
