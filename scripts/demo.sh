@@ -11,7 +11,7 @@ bin=${CARGO_TARGET_DIR:-target}/release/deadbolt
 # A release build: the demo's numbers are timings. The first one compiles every dependency,
 # so say so and let cargo show its progress instead of sitting silent for minutes.
 if [ ! -x "$bin" ]; then
-  echo "deadbolt: building deadbolt (first run: about 4 minutes on 2 cores)…" >&2
+  echo "deadbolt: building deadbolt (first run: 2 to 4 minutes on 2 cores)…" >&2
 fi
 cargo build --release --locked -p deadbolt-cli --bin deadbolt
 exec "$bin" demo likes "$@"
