@@ -32,8 +32,8 @@
 //! - **A watchdog** renews every held lock's lease in batched round trips while the guard
 //!   lives, and a **lost signal** ([`LockScope::lost`]) fires when it cannot, never later than
 //!   [`LockScope::valid_until`].
-//! - **Fencing tokens** ([`LockScope::fencing_token`]) strictly increasing per lock name, and a
-//!   resource-side check ([`fence::set_if_newer`], and an SQL pattern) that refuses stale
+//! - **Fencing tokens** ([`LockScope::fencing_token`], minted on first use or with
+//!   [`LockBuilder::fenced`]) strictly increasing per lock name, and a resource-side check ([`fence::set_if_newer`], and an SQL pattern) that refuses stale
 //!   holders.
 //! - **Cancel safety**: dropping an `acquire` future leaves no lock and no subscription behind.
 //!
@@ -51,8 +51,17 @@
 //!
 //! The lock key (see [`key`]) is a plain string holding the owner token with a `PX` expiry, as
 //! redsync, node-redlock and redis-py's `Lock` use: a peer locking the same key is mutually
-//! excluded with deadbolt. What a mixed fleet loses: peers publish nothing on release, so our
-//! waiters wake at the end of the TTL they saw instead of at once; peers mint no fencing tokens.
+//! excluded with deadbolt. Peers publish nothing on release, so while a peer holds the lock
+//! (its token is not a `dbt1-…` one) our waiters re-check every 50 ms ± 20 % instead of sleeping
+//! until woken, with or without a TTL on the peer's key; peers mint no fencing tokens.
+//!
+//! # Faults
+//!
+//! Every connection is pinged each second and replaced when it stays silent for the command
+//! timeout; after a dropped or replaced connection every held lock is checked at once, so a
+//! Redis restart that lost the locks fires [`LockScope::lost`] about a second after Redis
+//! answers again. Transient errors inside a wait are retried; an outage that outlasts the wait is
+//! [`Error::Unavailable`], never [`Error::Timeout`]. Redis 7.0 or later is required.
 //!
 //! # Defaults and limits
 //!
