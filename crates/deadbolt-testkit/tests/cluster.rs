@@ -4,10 +4,10 @@ use std::time::{Duration, Instant};
 
 use deadbolt_testkit::{RedisCluster, RedisServer};
 
-use crate::topology::assert_gone;
+use crate::topology::Footprint;
 
 #[test]
-fn cluster_routes_keys_by_slot_and_leaves_no_process() {
+fn cluster_routes_keys_by_slot_and_leaves_no_process_or_directory() {
     let cluster = RedisCluster::start().unwrap();
     assert_eq!(cluster.nodes().len(), 6);
     assert_eq!(cluster.urls().len(), 6);
@@ -55,9 +55,9 @@ fn cluster_routes_keys_by_slot_and_leaves_no_process() {
     let value: Option<String> = redis::cmd("GET").arg(key).query(&mut conn).unwrap();
     assert_eq!(value.as_deref(), Some("v"));
 
-    let pids: Vec<u32> = cluster.nodes().iter().map(RedisServer::pid).collect();
+    let footprint = Footprint::of(cluster.nodes().iter().map(RedisServer::pid));
     drop(cluster);
-    assert_gone(&pids);
+    footprint.assert_gone();
 }
 
 #[test]

@@ -2,10 +2,10 @@
 
 use deadbolt_testkit::{RedisMasters, RedisServer};
 
-use crate::topology::assert_gone;
+use crate::topology::Footprint;
 
 #[test]
-fn masters_are_independent_and_leave_no_process() {
+fn masters_are_independent_and_leave_no_process_or_directory() {
     let mut masters = RedisMasters::start(3).unwrap();
     assert_eq!(masters.servers().len(), 3);
     let urls = masters.urls();
@@ -24,11 +24,11 @@ fn masters_are_independent_and_leave_no_process() {
     assert!(masters.servers()[1].keys().is_empty());
     assert!(masters.servers()[2].keys().is_empty());
 
+    let footprint = Footprint::of(masters.servers().iter().map(RedisServer::pid));
     masters.servers_mut()[1].kill();
     assert!(!masters.servers_mut()[1].is_running());
-    let pids: Vec<u32> = masters.servers().iter().map(RedisServer::pid).collect();
     drop(masters);
-    assert_gone(&pids);
+    footprint.assert_gone();
 }
 
 #[test]

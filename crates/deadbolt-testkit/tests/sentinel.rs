@@ -4,10 +4,10 @@ use std::time::{Duration, Instant};
 
 use deadbolt_testkit::{RedisSentinels, RedisServer};
 
-use crate::topology::assert_gone;
+use crate::topology::Footprint;
 
 #[test]
-fn sentinels_report_the_master_and_leave_no_process() {
+fn sentinels_report_the_master_and_leave_no_process_or_directory() {
     let sentinels = RedisSentinels::start().unwrap();
     assert_eq!(sentinels.master_name(), "mymaster");
     assert_eq!(sentinels.sentinel_urls().len(), 3);
@@ -31,8 +31,9 @@ fn sentinels_report_the_master_and_leave_no_process() {
 
     let mut pids = vec![sentinels.master().pid(), sentinels.replica().pid()];
     pids.extend(sentinels.sentinels().iter().map(RedisServer::pid));
+    let footprint = Footprint::of(pids);
     drop(sentinels);
-    assert_gone(&pids);
+    footprint.assert_gone();
 }
 
 #[test]
