@@ -33,6 +33,15 @@
 //! [`RedisServerBuilder::tls`] starts a TLS server with its own throwaway CA,
 //! and [`RedisServer::acl_user`] adds users with restricted rights.
 //!
+//! # Topologies
+//!
+//! Beyond one server, the kit starts the deployments the lock types run on,
+//! each torn down completely when dropped: [`RedisMasters`] (N independent
+//! servers, for Redlock), [`RedisCluster`] (3 masters and 3 replicas, for
+//! sharded locks) and [`RedisSentinels`] (a master, its replica and 3
+//! Sentinels). The cluster and Sentinel set-ups can kill their master and
+//! wait, bounded, for the failover.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -50,13 +59,20 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod cluster;
+mod masters;
 mod port;
 mod proxy;
+mod sentinel;
 mod server;
 mod spawn;
 mod tls;
+mod wait;
 
+pub use cluster::RedisCluster;
+pub use masters::RedisMasters;
 pub use proxy::FaultProxy;
+pub use sentinel::RedisSentinels;
 pub use server::{RedisServer, RedisServerBuilder};
 
 /// Name of the binary looked up on `PATH`.

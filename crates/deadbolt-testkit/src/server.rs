@@ -36,6 +36,8 @@ const LOG_FILE: &str = "redis.log";
 /// Captures messages printed before the log file is opened (e.g. config
 /// errors), which would otherwise be lost.
 const STDERR_FILE: &str = "redis.stderr";
+/// Name of the config file written by [`RedisServerBuilder::config_file`].
+const CONFIG_FILE: &str = "redis.conf";
 
 /// Configures a [`RedisServer`] before starting it.
 ///
@@ -46,6 +48,21 @@ pub struct RedisServerBuilder {
     password: Option<String>,
     args: Vec<String>,
     tls: bool,
+    /// Contents of a config file passed as the first argument; sentinels need
+    /// one they can rewrite.
+    config_file: Option<String>,
+    /// Where the port comes from.
+    ports: PortChoice,
+}
+
+/// How [`RedisServerBuilder::start`] picks the client port.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) enum PortChoice {
+    /// Any free port the kernel hands out.
+    #[default]
+    Any,
+    /// A port whose cluster bus port (port + 10000) is free too.
+    Cluster,
 }
 
 impl fmt::Debug for RedisServerBuilder {
@@ -54,6 +71,8 @@ impl fmt::Debug for RedisServerBuilder {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("args", &self.args)
             .field("tls", &self.tls)
+            .field("config_file", &self.config_file)
+            .field("ports", &self.ports)
             .finish()
     }
 }
@@ -93,6 +112,26 @@ impl RedisServerBuilder {
         self
     }
 
+    /// Appends several extra arguments, like repeated [`arg`](Self::arg).
+    pub(crate) fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Writes `text` to `redis.conf` in the server's directory (once, so a
+    /// restart keeps what the server rewrote) and passes it as the config
+    /// file, before all other arguments.
+    pub(crate) fn config_file(mut self, text: impl Into<String>) -> Self {
+        self.config_file = Some(text.into());
+        self
+    }
+
+    /// Picks the client port with `choice` instead of any free port.
+    pub(crate) fn port_choice(mut self, choice: PortChoice) -> Self {
+        self.ports = choice;
+        self
+    }
+
     /// Starts the server on a free loopback port and waits until it answers
     /// `PING`.
     ///
@@ -116,7 +155,10 @@ impl RedisServerBuilder {
         };
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
-            let client = port::free_port()?;
+            let client = match self.ports {
+                PortChoice::Any => port::free_port()?,
+                PortChoice::Cluster => port::free_cluster_port()?,
+            };
             let helper = if tls.is_some() {
                 // Two calls may hand out the same port once the first is closed.
                 loop {
@@ -395,6 +437,25 @@ impl RedisServer {
         self.query::<()>(redis::cmd("CONFIG").arg("RESETSTAT"));
     }
 
+    /// Like [`connection`](Self::connection), but returns the error, for
+    /// polling a node that may be down.
+    pub(crate) fn try_connection(&self) -> redis::RedisResult<redis::Connection> {
+        connect(&helper_url(&self.config, self.ports))
+    }
+
+    /// Runs one command on a fresh connection, returning any error.
+    pub(crate) fn try_query<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        cmd.query(&mut self.try_connection()?)
+    }
+
+    /// The last lines of this server's log, for error messages.
+    pub(crate) fn log_tail(&self) -> String {
+        read_tail(&self.dir.path().join(LOG_FILE), 0)
+    }
+
     /// Runs one command on a fresh connection, panicking on failure.
     fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
         let mut conn = self.connection();
@@ -449,6 +510,13 @@ fn launch(
         .map_err(LaunchError::Fatal)?;
 
     let mut command = Command::new(REDIS_SERVER_BIN);
+    if let Some(text) = &config.config_file {
+        let path = dir.join(CONFIG_FILE);
+        if !path.exists() {
+            fs::write(&path, text).map_err(LaunchError::Fatal)?;
+        }
+        command.arg(path);
+    }
     command.arg("--port").arg(ports.helper.to_string());
     if let Some(tls) = tls {
         command
