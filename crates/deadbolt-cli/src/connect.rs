@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use deadbolt::{Client, ClientBuilder};
+use deadbolt::{Client, ClientBuilder, redact_url as redact};
 use redis::ErrorKind;
 
 use crate::exit::usage;
@@ -197,31 +197,6 @@ fn check_url(url: &str) -> anyhow::Result<()> {
             redact(url),
             redact(url)
         ))),
-    }
-}
-
-/// `url` with the password (if any) replaced by `***`; also for a URL without a scheme, so a
-/// mistyped URL can be shown as typed.
-pub(crate) fn redact(url: &str) -> String {
-    let (prefix, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (format!("{scheme}://"), rest),
-        None => (String::new(), url),
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            if userinfo.contains(':') {
-                format!("{prefix}{user}:***@{host}{path}")
-            } else if prefix.is_empty() {
-                // `secret@host` without a scheme: the part before `@` may be a password.
-                format!("***@{host}{path}")
-            } else {
-                // redis-rs reads `redis://word@host` as a password without a user.
-                format!("{prefix}***@{host}{path}")
-            }
-        }
-        None => url.to_owned(),
     }
 }
 

@@ -409,7 +409,7 @@ fn print_header(args: &LikesArgs, db: &DemoDb, target: &crate::embedded::Target,
     };
     let where_redis = match &target.server {
         Some(server) => format!("a private redis-server on {}", server.addr()),
-        None => crate::connect::redact(target.url()),
+        None => deadbolt::redact_url(target.url()),
     };
     let processes = match args.processes {
         1 => "1 process".to_owned(),

@@ -301,10 +301,6 @@ impl ClientBuilder {
             Err(e) if e.code() == Some("NOPERM") => false,
             Err(e) => return Err(connect_err(e)),
         };
-        // Loaded up front: the first release of each script then pays no NOSCRIPT round trip.
-        crate::scripts::load_all(&mut conn)
-            .await
-            .map_err(connect_err)?;
         drop(conn);
 
         // No response timeout in the manager: every command deadbolt sends has its own bound
@@ -364,9 +360,12 @@ impl ClientBuilder {
     }
 }
 
-/// Checks that the server is a Redis 7 or later (`SET … NX GET` and sharded channels need it).
+/// Checks that the server is a Redis 7 or later (`SET … NX … GET` needs it), and loads every
+/// script, so the first call of each pays no `NOSCRIPT` round trip: one round trip for both.
 async fn check_server(conn: &mut redis::aio::MultiplexedConnection, addr: &str) -> Result<()> {
-    let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
+    let mut pipe = crate::scripts::load_all();
+    pipe.cmd("INFO").arg("server");
+    let (info,): (String,) = pipe.query_async(conn).await?;
     let version = info
         .lines()
         .find_map(|l| l.strip_prefix("redis_version:"))
@@ -447,31 +446,44 @@ fn parse_url(url: &str) -> Result<ConnectionInfo> {
     {
         return Err(Error::invalid(
             "redis url",
-            format!("`{}`: expected {SCHEMES}", redact(url)),
+            format!("`{}`: expected {SCHEMES}", redact_url(url)),
         ));
     }
     url.into_connection_info().map_err(|e| {
         Error::invalid(
             "redis url",
-            format!("`{}`: {}; expected {SCHEMES}", redact(url), e.kind_name()),
+            format!(
+                "`{}`: {}; expected {SCHEMES}",
+                redact_url(url),
+                e.kind_name()
+            ),
         )
     })
 }
 
-/// `url` with its password (if any) replaced by `***`.
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        // Not a URL at all: show it, unless it may hold a password.
-        return match url.rsplit_once('@') {
-            Some((_, host)) => format!("***@{host}"),
-            None => url.to_owned(),
-        };
+/// A Redis URL fit to show in a message or log: its password (if any) replaced by `***`. Also
+/// for a string that is not a URL, so that a mistyped one can be shown as typed.
+///
+/// ```
+/// assert_eq!(deadbolt::redact_url("redis://bob:hunter2@h:6379/0"), "redis://bob:***@h:6379/0");
+/// assert_eq!(deadbolt::redact_url("redis://hunter2@h"), "redis://***@h");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let (prefix, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
     };
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     match authority.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}{path}")
+            if userinfo.contains(':') {
+                format!("{prefix}{user}:***@{host}{path}")
+            } else {
+                // `redis://word@host` and `word@host`: the word may be a password (redis-rs
+                // reads the first one as a password without a user).
+                format!("{prefix}***@{host}{path}")
+            }
         }
         None => url.to_owned(),
     }
@@ -493,7 +505,7 @@ impl KindName for redis::RedisError {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::redact_url as redact;
 
     #[test]
     fn passwords_are_redacted() {
@@ -502,5 +514,7 @@ mod tests {
         assert_eq!(redact("redis://h:1"), "redis://h:1");
         assert_eq!(redact("nonsense"), "nonsense");
         assert_eq!(redact("pw@host:1"), "***@host:1");
+        assert_eq!(redact("redis://pw@h"), "redis://***@h");
+        assert_eq!(redact("bob:pw@h:1"), "bob:***@h:1");
     }
 }

@@ -92,7 +92,7 @@ mod tls;
 mod waiters;
 mod watchdog;
 
-pub use client::{Client, ClientBuilder, LockInfo, MAX_FENCE_TTL};
+pub use client::{Client, ClientBuilder, LockInfo, MAX_FENCE_TTL, redact_url};
 pub use error::{Error, LostReason, Result};
 pub use guard::{LockGuard, ReleaseOutcome};
 pub use mutex::LockBuilder;

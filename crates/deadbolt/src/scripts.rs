@@ -73,13 +73,14 @@ async fn bounded<T>(
     }
 }
 
-/// Loads every script, so that the first call of each pays no `NOSCRIPT` round trip.
-pub(crate) async fn load_all(conn: &mut impl ConnectionLike) -> RedisResult<()> {
+/// A pipeline that loads every script the locks run (replies ignored), for `connect` to send
+/// with its own first commands.
+pub(crate) fn load_all() -> redis::Pipeline {
     let mut pipe = redis::pipe();
     for script in [&*ACQUIRE, &*MINT, &*RELEASE, &*RENEW] {
         pipe.cmd("SCRIPT").arg("LOAD").arg(script.code).ignore();
     }
-    pipe.query_async(conn).await
+    pipe
 }
 
 /// `SET NX PX` plus a fencing token: see `scripts/acquire.lua`.

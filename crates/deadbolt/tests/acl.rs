@@ -11,7 +11,7 @@ use deadbolt_testkit::RedisServer;
 use tracing::field::{Field, Visit};
 use tracing::span;
 
-use crate::util::{assert_clean, client, eventually, ms, subscribers};
+use crate::util::{assert_clean, client, eventually, ms, subscribers, waiter};
 
 /// Every user these tests make may touch every key and run every command.
 const ALL_KEYS_AND_COMMANDS: [&str; 2] = ["~*", "+@all"];
@@ -97,20 +97,6 @@ impl tracing::Subscriber for Recorder {
     fn enter(&self, _: &span::Id) {}
 
     fn exit(&self, _: &span::Id) {}
-}
-
-/// A task that waits up to `wait` for lock `name`, and resolves with the outcome and the moment
-/// `acquire` returned.
-fn waiter(
-    locks: &Client,
-    name: &'static str,
-    wait: Duration,
-) -> tokio::task::JoinHandle<(deadbolt::Result<deadbolt::LockGuard>, Instant)> {
-    let locks = locks.clone();
-    tokio::spawn(async move {
-        let r = locks.lock(name).wait(wait).acquire().await;
-        (r, Instant::now())
-    })
 }
 
 /// A user without channel rights: `connect` succeeds and warns once, naming the grant that

@@ -4,11 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use deadbolt::{Client, Error, LockGuard, LockScope, LostReason, ReleaseOutcome};
+use deadbolt::{Client, Error, LockScope, LostReason, ReleaseOutcome};
 use deadbolt_testkit::{FaultProxy, RedisServer};
 use tokio::task::{JoinHandle, block_in_place};
 
-use crate::util::{assert_clean, client, eventually, ms, setup, subscribers};
+use crate::util::{assert_clean, channel, client, eventually, ms, setup, subscribers, waiter};
 
 /// A task that resolves with the moment `scope` is lost.
 fn when_lost(scope: LockScope) -> JoinHandle<Instant> {
@@ -16,25 +16,6 @@ fn when_lost(scope: LockScope) -> JoinHandle<Instant> {
         scope.lost().await;
         Instant::now()
     })
-}
-
-/// A task that waits up to `wait` for lock `name`, and resolves with the outcome and the moment
-/// `acquire` returned.
-fn waiter(
-    locks: &Client,
-    name: &'static str,
-    wait: Duration,
-) -> JoinHandle<(deadbolt::Result<LockGuard>, Instant)> {
-    let locks = locks.clone();
-    tokio::spawn(async move {
-        let r = locks.lock(name).wait(wait).acquire().await;
-        (r, Instant::now())
-    })
-}
-
-/// The release channel of lock `name`.
-fn channel(name: &str) -> String {
-    format!("deadbolt:{{{name}}}:released")
 }
 
 /// A restart without persistence forgets every lock, and another client may take them at once.

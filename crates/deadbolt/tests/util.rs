@@ -82,3 +82,22 @@ pub(crate) fn raw(server: &RedisServer, args: &[&str]) {
     }
     let _: redis::Value = cmd.query(&mut server.connection()).unwrap();
 }
+
+/// A task that waits up to `wait` for lock `name`, and resolves with the outcome and the moment
+/// `acquire` returned.
+pub(crate) fn waiter(
+    locks: &Client,
+    name: &'static str,
+    wait: Duration,
+) -> tokio::task::JoinHandle<(deadbolt::Result<deadbolt::LockGuard>, std::time::Instant)> {
+    let locks = locks.clone();
+    tokio::spawn(async move {
+        let r = locks.lock(name).wait(wait).acquire().await;
+        (r, std::time::Instant::now())
+    })
+}
+
+/// The release channel of lock `name` (default prefix).
+pub(crate) fn channel(name: &str) -> String {
+    format!("deadbolt:{{{name}}}:released")
+}
