@@ -37,7 +37,7 @@ pub(crate) struct Waiters {
     channels: Channels,
     command_timeout: Duration,
     /// Set when the user may not subscribe: waiters re-check on a timer instead.
-    degraded: Arc<AtomicBool>,
+    degraded: AtomicBool,
 }
 
 /// One subscribed channel.
@@ -93,7 +93,7 @@ impl Waiters {
             conn,
             channels,
             command_timeout,
-            degraded: Arc::default(),
+            degraded: AtomicBool::new(false),
         }
     }
 
