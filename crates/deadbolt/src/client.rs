@@ -3,29 +3,31 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, ConnectionInfo, IntoConnectionInfo, ProtocolVersion};
+use futures_util::future::join_all;
+use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
 
-use crate::conn::{Conn, PingOutcome, tcp_settings};
 use crate::error::{Error, Result};
 use crate::key::{self, DEFAULT_PREFIX, LockKeys};
 use crate::mutex::LockBuilder;
+use crate::node::{Node, Settings, parse_url};
+use crate::place::{Mode, Placement};
 use crate::queue::LocalQueue;
-use crate::waiters::Waiters;
 use crate::watchdog::Watchdog;
 
-/// How often each connection is pinged to find one that went silent (see `conn.rs`).
-const HEARTBEAT: Duration = Duration::from_secs(1);
+/// The most nodes a client takes.
+pub const MAX_NODES: usize = 64;
 
 /// The longest fence TTL accepted (one year): far beyond any lease, within what `PX` takes.
 pub const MAX_FENCE_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
-/// A handle to one Redis server, from which locks are taken.
+/// A handle to the Redis servers locks are taken on: one server ([`Client::connect`]), a
+/// majority of independent masters ([`Client::redlock`]), or one of several servers by name
+/// ([`Client::sharded`]).
 ///
-/// Make one per process and clone it freely: clones share two connections (one for commands,
-/// one for pub/sub wake-ups), one watchdog task that renews every held lock, and the local
-/// queues that hand a lock to this process's tasks in FIFO order.
+/// Make one per process and clone it freely: clones share two connections per server (one for
+/// commands, one for pub/sub wake-ups), one watchdog task that renews every held lock, and the
+/// local queues that hand a lock to this process's tasks in FIFO order.
 ///
 /// Connections reconnect on their own after a Redis restart. Every command is bounded by the
 /// command timeout, and every wait by the caller's deadline.
@@ -49,25 +51,23 @@ pub struct Client {
 
 #[derive(Debug)]
 pub(crate) struct Inner {
-    pub(crate) conn: Conn,
-    /// The server address, without credentials, for errors.
-    pub(crate) addr: String,
-    pub(crate) waiters: Waiters,
+    /// The servers, in the order given.
+    pub(crate) nodes: Arc<[Node]>,
+    /// Their addresses, which place names on them in sharded mode.
+    addrs: Vec<String>,
+    mode: Mode,
     pub(crate) watchdog: Watchdog,
     pub(crate) queue: LocalQueue,
     pub(crate) prefix: String,
     pub(crate) command_timeout: Duration,
     pub(crate) fence_ttl: Duration,
-    /// Woken when a connection dropped or was replaced.
-    disconnected: Arc<Notify>,
-    /// Ends the heartbeat task as soon as the last clone of the client is dropped.
-    _heartbeat: tokio_util::sync::DropGuard,
 }
 
 /// Settings for a [`Client`], from [`Client::builder`].
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
-    url: String,
+    urls: Vec<String>,
+    mode: Mode,
     prefix: String,
     command_timeout: Duration,
     connect_timeout: Duration,
@@ -96,15 +96,46 @@ impl Client {
 
     /// Settings for a client of the Redis server at `url`.
     pub fn builder(url: &str) -> ClientBuilder {
-        ClientBuilder {
-            url: url.to_owned(),
-            prefix: DEFAULT_PREFIX.to_owned(),
-            command_timeout: Duration::from_secs(1),
-            connect_timeout: Duration::from_secs(1),
-            fence_ttl: Duration::from_secs(7 * 24 * 60 * 60),
-            #[cfg(feature = "tls")]
-            tls_root_cert: None,
-        }
+        ClientBuilder::new(vec![url.to_owned()], Mode::Single)
+    }
+
+    /// Settings for a client whose locks are Redlock locks over independent masters: each lock
+    /// is taken on all of them at once and held when a majority (N/2 + 1) took it within its
+    /// validity (the lease less the time taking it took, less a clock drift allowance of 1 % +
+    /// 2 ms). A minority of the masters may be down, slow or restarted without harm.
+    ///
+    /// The masters must be independent (no replication between them), and every client of a
+    /// lock must list the same ones. Use an odd number, 3 or 5. Each node gets 5 % of the lease
+    /// (at least 50 ms, at most the command timeout) to answer each step.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> deadbolt::Result<()> {
+    /// let locks = deadbolt::Client::redlock(["redis://10.0.0.1", "redis://10.0.0.2", "redis://10.0.0.3"])
+    ///     .connect()
+    ///     .await?;
+    /// let guard = locks.lock("invoice:7").acquire().await?;
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn redlock<I, S>(urls: I) -> ClientBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ClientBuilder::new(urls.into_iter().map(Into::into).collect(), Mode::Redlock)
+    }
+
+    /// Settings for a client whose locks are spread over independent servers: each name lives on
+    /// exactly one of them, chosen by rendezvous hashing of the name and the servers' addresses
+    /// (so every client that lists the same servers, in any order, picks the same one, and a
+    /// server added or removed moves only its own share of the names). When one server is
+    /// down, only its names fail, with an error that names it.
+    pub fn sharded<I, S>(urls: I) -> ClientBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ClientBuilder::new(urls.into_iter().map(Into::into).collect(), Mode::Sharded)
     }
 
     /// Starts building a lock on `name`; see [`LockBuilder`] for the defaults.
@@ -144,35 +175,98 @@ impl Client {
     /// command fails.
     pub async fn inspect(&self, name: &str) -> Result<LockInfo> {
         let keys = self.keys(name)?;
-        let mut conn = self.inner.conn.get();
-        let mut pipe = redis::pipe();
-        pipe.pttl(&keys.lock).get(&keys.lock).get(&keys.fence);
-        let reply = tokio::time::timeout(
-            self.inner.command_timeout,
-            pipe.query_async::<(i64, Option<String>, Option<String>)>(&mut conn),
+        let inner = &self.inner;
+        let nodes = crate::engine::nodes_of(&inner.nodes, inner.place(name));
+        let replies = join_all(
+            nodes
+                .iter()
+                .map(|node| inspect_node(node, &keys, inner.command_timeout)),
         )
-        .await
-        .map_err(|_| Error::no_reply())?;
-        let (pttl, owner, fence) = reply.map_err(|e| Error::from_redis(e, &keys.lock))?;
-        let fence = match fence {
-            Some(f) => Some(f.parse().map_err(|_| Error::WrongType {
-                key: keys.fence.clone(),
-            })?),
-            None => None,
-        };
+        .await;
+        let mut found = Vec::with_capacity(replies.len());
+        let mut first_err = None;
+        for reply in replies {
+            match reply {
+                Ok(info) => found.push(info),
+                Err(err) => {
+                    first_err.get_or_insert(err);
+                }
+            }
+        }
+        // On a quorum, the owner is the one a majority names; the TTL the shortest of theirs.
+        let needed = crate::place::quorum(nodes.len());
+        if found.len() < needed {
+            return Err(first_err.unwrap_or_else(Error::no_reply));
+        }
+        let owner = found
+            .iter()
+            .filter_map(|i| i.owner.clone())
+            .max_by_key(|o| found.iter().filter(|i| i.owner.as_ref() == Some(o)).count())
+            .filter(|o| found.iter().filter(|i| i.owner.as_ref() == Some(o)).count() >= needed);
+        let ttl = found
+            .iter()
+            .filter(|i| owner.is_some() && i.owner == owner)
+            .filter_map(|i| i.ttl)
+            .min();
         Ok(LockInfo {
-            locked: pttl != -2,
-            ttl: u64::try_from(pttl).ok().map(Duration::from_millis),
+            locked: owner.is_some(),
+            ttl,
             owner,
-            fence,
+            fence: found.iter().filter_map(|i| i.fence).max(),
         })
     }
 
     /// A connection for commands of your own on the same server (the scripts of
     /// [`fence`](crate::fence), inspection, tests). It reconnects by itself; its commands have
     /// no response timeout of their own, so bound them with `tokio::time::timeout`.
+    ///
+    /// With several servers, this is the first one given.
     pub fn connection(&self) -> ConnectionManager {
-        self.inner.conn.get()
+        self.inner.nodes[0].conn.get()
+    }
+}
+
+/// What one node knows of a lock.
+async fn inspect_node(node: &Node, keys: &LockKeys, limit: Duration) -> Result<LockInfo> {
+    let mut conn = node.conn.get();
+    let mut pipe = redis::pipe();
+    pipe.pttl(&keys.lock).get(&keys.lock).get(&keys.fence);
+    let reply = tokio::time::timeout(
+        limit,
+        pipe.query_async::<(i64, Option<String>, Option<String>)>(&mut conn),
+    )
+    .await
+    .map_err(|_| node.unavailable(Error::no_reply()))?;
+    let (pttl, owner, fence) = reply.map_err(|e| match Error::from_redis(e, &keys.lock) {
+        Error::Redis(e) => node.unavailable(Error::Redis(e)),
+        other => other,
+    })?;
+    let fence = match fence {
+        Some(f) => Some(f.parse().map_err(|_| Error::WrongType {
+            key: keys.fence.clone(),
+        })?),
+        None => None,
+    };
+    Ok(LockInfo {
+        locked: pttl != -2,
+        ttl: u64::try_from(pttl).ok().map(Duration::from_millis),
+        owner,
+        fence,
+    })
+}
+
+impl Inner {
+    /// Where lock `name` lives.
+    pub(crate) fn place(&self, name: &str) -> Placement {
+        Placement::of(self.mode, name, &self.addrs)
+    }
+
+    /// Whether waiters of a lock on `place` must re-check on a timer because a node's user may
+    /// not subscribe (and releases there are not published).
+    pub(crate) fn degraded(&self, place: Placement) -> bool {
+        crate::engine::nodes_of(&self.nodes, place)
+            .iter()
+            .any(|n| n.waiters.is_degraded())
     }
 }
 
@@ -190,6 +284,19 @@ pub struct LockInfo {
 }
 
 impl ClientBuilder {
+    fn new(urls: Vec<String>, mode: Mode) -> ClientBuilder {
+        ClientBuilder {
+            urls,
+            mode,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            command_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            fence_ttl: Duration::from_secs(7 * 24 * 60 * 60),
+            #[cfg(feature = "tls")]
+            tls_root_cert: None,
+        }
+    }
+
     /// The prefix of every key; the default is `"deadbolt"`. Use `""` for none.
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
@@ -229,14 +336,6 @@ impl ClientBuilder {
     ///
     /// Cancel safe.
     pub async fn connect(self) -> Result<Client> {
-        #[cfg(feature = "tls")]
-        if self
-            .url
-            .get(..9)
-            .is_some_and(|s| s.eq_ignore_ascii_case("rediss://"))
-        {
-            crate::tls::ensure_crypto_provider();
-        }
         key::validate_prefix(&self.prefix)?;
         for (what, d) in [
             ("command timeout", self.command_timeout),
@@ -255,210 +354,66 @@ impl ClientBuilder {
                 format!("{:?} is outside 1s to {MAX_FENCE_TTL:?}", self.fence_ttl),
             ));
         }
-        let info = parse_url(&self.url)?;
-        let addr = info.addr().to_string();
-        let redis_settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let info = info
-            .set_redis_settings(redis_settings)
-            .set_tcp_settings(tcp_settings());
-        #[cfg(feature = "tls")]
-        let client = crate::tls::open_client(info, self.tls_root_cert)?;
-        #[cfg(not(feature = "tls"))]
-        let client =
-            redis::Client::open(info).map_err(|e| Error::invalid("redis url", e.to_string()))?;
-        let connect_err = |source| Error::Connect {
-            addr: addr.clone(),
-            source,
+        self.check_nodes()?;
+        let settings = Settings {
+            prefix: self.prefix.clone(),
+            command_timeout: self.command_timeout,
+            connect_timeout: self.connect_timeout,
+            #[cfg(feature = "tls")]
+            tls_root_cert: self.tls_root_cert.clone(),
         };
-
-        // One plain attempt first, so a wrong address or password fails fast with its own
-        // error instead of after the manager's reconnect back-off.
-        let probe = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.command_timeout));
-        let mut conn = tokio::time::timeout(
-            self.connect_timeout + self.command_timeout,
-            client.get_multiplexed_async_connection_with_config(&probe),
-        )
-        .await
-        .map_err(|_| connect_err(crate::error::no_reply_error()))?
-        .map_err(connect_err)?;
-        check_server(&mut conn, &addr).await.map_err(|e| match e {
-            Error::Redis(source) => connect_err(source),
-            other => other,
-        })?;
-        // Whether this user may use deadbolt's channels: without rights, waiters re-check on a
-        // timer, and the operator should hear of it once, now.
-        let probe_channel = LockKeys::new(&self.prefix, "connect-check").channel;
-        let may_publish = match conn
-            .publish::<_, _, i64>(&probe_channel, "connect-check")
-            .await
-        {
-            Ok(_) => true,
-            Err(e) if e.code() == Some("NOPERM") => false,
-            Err(e) => return Err(connect_err(e)),
-        };
-        drop(conn);
-
-        // No response timeout in the manager: every command deadbolt sends has its own bound
-        // (a second timer per command would only cost time).
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(None)
-            // Reconnect attempts after a drop come at most this far apart: a restarted Redis
-            // is found again (and every held lock checked) within about this long.
-            .set_max_delay(Duration::from_millis(500))
-            .set_number_of_retries(usize::MAX);
-        let conn = Conn::connect(client.clone(), config.clone())
-            .await
-            .map_err(connect_err)?;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let pubsub = Conn::connect(
-            client,
-            config.set_push_sender(tx).set_automatic_resubscription(),
-        )
-        .await
-        .map_err(connect_err)?;
-
         let disconnected = Arc::new(Notify::new());
-        let waiters = Waiters::new(
-            pubsub.clone(),
-            rx,
-            self.command_timeout,
-            disconnected.clone(),
-        );
-        if !may_publish {
-            tracing::warn!(
-                %addr,
-                "this redis user may not publish or subscribe to deadbolt's channels: waiters \
-                 will re-check every 100 ms instead of being woken by a release; grant them with \
-                 `ACL SETUSER <user> &{}:*`",
-                self.prefix
-            );
-            waiters.degrade();
-        }
-        let watchdog = Watchdog::start(conn.clone(), self.command_timeout, disconnected.clone());
-        let stop = tokio_util::sync::CancellationToken::new();
-        tracing::debug!(%addr, "connected");
+        let nodes = join_all(
+            self.urls
+                .iter()
+                .map(|url| Node::connect(url, &settings, disconnected.clone())),
+        )
+        .await
+        .into_iter()
+        .collect::<Result<Vec<Node>>>()?;
+        let nodes: Arc<[Node]> = nodes.into();
+        let addrs = nodes.iter().map(|n| n.addr.clone()).collect();
+        let watchdog = Watchdog::start(nodes.clone(), self.command_timeout, disconnected);
         let inner = Arc::new(Inner {
+            nodes,
+            addrs,
+            mode: self.mode,
             watchdog,
-            waiters,
             queue: LocalQueue::default(),
-            conn,
-            addr,
             prefix: self.prefix,
             command_timeout: self.command_timeout,
             fence_ttl: self.fence_ttl,
-            disconnected,
-            _heartbeat: stop.clone().drop_guard(),
         });
-        tokio::spawn(heartbeat(Arc::downgrade(&inner), stop));
         Ok(Client { inner })
     }
-}
 
-/// Checks that the server is a Redis 7 or later (`SET … NX … GET` needs it), and loads every
-/// script, so the first call of each pays no `NOSCRIPT` round trip: one round trip for both.
-async fn check_server(conn: &mut redis::aio::MultiplexedConnection, addr: &str) -> Result<()> {
-    let mut pipe = crate::scripts::load_all();
-    pipe.cmd("INFO").arg("server");
-    let (info,): (String,) = pipe.query_async(conn).await?;
-    let version = info
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
-        .unwrap_or("0")
-        .trim()
-        .to_owned();
-    let major: u32 = version
-        .split('.')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    if major < 7 {
-        return Err(Error::invalid(
-            "redis server",
-            format!("{addr} runs Redis {version}; deadbolt needs Redis 7.0 or later"),
-        ));
-    }
-    Ok(())
-}
-
-/// Pings every connection of a client each [`HEARTBEAT`]. One that stays silent for a command
-/// timeout is replaced (see `conn.rs`), and every held lock is then checked at once. Ends when
-/// the client is dropped.
-async fn heartbeat(client: std::sync::Weak<Inner>, stop: tokio_util::sync::CancellationToken) {
-    // Said once per outage, not twice a second: `silent` remembers what was already said.
-    let mut silent = [false; 2];
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(HEARTBEAT) => {}
+    /// Checks the node list of the mode: one URL for a single server, at least one for the
+    /// others, each URL well-formed and no server twice (it would count twice in a quorum).
+    fn check_nodes(&self) -> Result<()> {
+        if self.mode == Mode::Single && self.urls.len() != 1 {
+            return Err(Error::invalid("redis url", "exactly one is needed"));
         }
-        let Some(inner) = client.upgrade() else {
-            return;
-        };
-        let limit = inner.command_timeout.min(HEARTBEAT);
-        let (commands, pubsub) = (inner.conn.clone(), inner.waiters.conn().clone());
-        // Not holding the client while waiting for replies: dropping it must end this task.
-        drop(inner);
-        let (c, p) = tokio::select! {
-            _ = stop.cancelled() => return,
-            outcomes = async { tokio::join!(commands.ping(limit), pubsub.ping(limit)) } => outcomes,
-        };
-        let Some(inner) = client.upgrade() else {
-            return;
-        };
-        for (i, (outcome, what)) in [(c, "command"), (p, "pub/sub")].into_iter().enumerate() {
-            if outcome != PingOutcome::Silent {
-                silent[i] = false;
-                continue;
-            }
-            if !std::mem::replace(&mut silent[i], true) {
-                tracing::warn!(addr = %inner.addr, "the {what} connection did not answer a ping within {limit:?}; reconnecting");
-            }
-            if i == 0 {
-                inner.conn.replace();
-            } else {
-                pubsub.replace();
-                inner.waiters.resubscribe_all();
-            }
-            inner.disconnected.notify_one();
+        if self.urls.is_empty() {
+            return Err(Error::invalid("redis urls", "at least one is needed"));
         }
+        if self.urls.len() > MAX_NODES {
+            return Err(Error::invalid(
+                "redis urls",
+                format!("{} given, the most is {MAX_NODES}", self.urls.len()),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for url in &self.urls {
+            let addr = parse_url(url)?.addr().to_string();
+            if !seen.insert(addr.clone()) {
+                return Err(Error::invalid(
+                    "redis urls",
+                    format!("{addr} is given twice; each node must be a different server"),
+                ));
+            }
+        }
+        Ok(())
     }
-}
-
-/// Parses a Redis URL, keeping any password out of the error message.
-fn parse_url(url: &str) -> Result<ConnectionInfo> {
-    if url.starts_with("rediss://") && !cfg!(feature = "tls") {
-        return Err(Error::invalid(
-            "redis url",
-            "rediss:// (TLS) needs deadbolt's `tls` feature",
-        ));
-    }
-    const SCHEMES: &str = "redis://[USER][:PASSWORD@]HOST[:PORT][/DB], rediss:// (TLS) or \
-                           unix:///PATH/TO/SOCKET";
-    if !["redis://", "rediss://", "unix://", "redis+unix://"]
-        .iter()
-        .any(|s| url.starts_with(s))
-    {
-        return Err(Error::invalid(
-            "redis url",
-            format!("`{}`: expected {SCHEMES}", redact_url(url)),
-        ));
-    }
-    url.into_connection_info().map_err(|e| {
-        Error::invalid(
-            "redis url",
-            format!(
-                "`{}`: {}; expected {SCHEMES}",
-                redact_url(url),
-                e.kind_name()
-            ),
-        )
-    })
 }
 
 /// A Redis URL fit to show in a message or log: its password (if any) replaced by `***`. Also
@@ -486,20 +441,6 @@ pub fn redact_url(url: &str) -> String {
             }
         }
         None => url.to_owned(),
-    }
-}
-
-trait KindName {
-    fn kind_name(&self) -> String;
-}
-
-impl KindName for redis::RedisError {
-    /// The error's kind and detail, which name what is wrong without echoing the URL.
-    fn kind_name(&self) -> String {
-        match self.detail() {
-            Some(detail) if !detail.contains('@') => detail.to_owned(),
-            _ => "malformed".to_owned(),
-        }
     }
 }
 

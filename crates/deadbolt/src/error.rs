@@ -81,10 +81,77 @@ pub enum Error {
         source: redis::RedisError,
     },
 
+    /// Too few nodes of a quorum lock (Redlock) answered for a majority to agree, for as long as
+    /// the caller allowed. Each node's last outcome is in `nodes`; nothing is left locked on the
+    /// nodes that answered.
+    #[error("no quorum for lock `{name}`: {} of {} nodes answered, {needed} needed ({})", answered(nodes), nodes.len(), list(nodes))]
+    NoQuorum {
+        /// The lock name.
+        name: String,
+        /// The majority needed.
+        needed: usize,
+        /// What each node did, in the order the nodes were given.
+        nodes: Vec<NodeOutcome>,
+    },
+
     /// A Redis command failed or timed out. When a command times out, Redis may still have run
     /// it; the lock's scripts are written so that retrying or releasing stays correct.
     #[error("redis command failed")]
     Redis(#[source] redis::RedisError),
+}
+
+/// What one node of a quorum lock did, in [`Error::NoQuorum`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeOutcome {
+    /// The node's address, without credentials.
+    pub addr: String,
+    /// What it answered.
+    pub vote: Vote,
+}
+
+/// One node's answer to a step of a quorum lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Vote {
+    /// The lock is ours on this node (taken, renewed, released).
+    Ours,
+    /// Another owner holds the lock on this node.
+    Held,
+    /// The lock key is gone on this node.
+    Gone,
+    /// No reply within the per-node timeout.
+    TimedOut,
+    /// The node refused or failed the command; the error's text.
+    Failed(String),
+}
+
+impl Vote {
+    /// Whether the node answered at all.
+    pub fn answered(&self) -> bool {
+        matches!(self, Vote::Ours | Vote::Held | Vote::Gone)
+    }
+}
+
+impl std::fmt::Display for NodeOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: ", self.addr)?;
+        match &self.vote {
+            Vote::Ours => f.write_str("ours"),
+            Vote::Held => f.write_str("held by another owner"),
+            Vote::Gone => f.write_str("not held"),
+            Vote::TimedOut => f.write_str("no reply in time"),
+            Vote::Failed(e) => write!(f, "failed: {e}"),
+        }
+    }
+}
+
+fn answered(nodes: &[NodeOutcome]) -> usize {
+    nodes.iter().filter(|n| n.vote.answered()).count()
+}
+
+fn list(nodes: &[NodeOutcome]) -> String {
+    let all: Vec<String> = nodes.iter().map(ToString::to_string).collect();
+    all.join("; ")
 }
 
 /// Why a held lock was lost, from [`LockScope::lost_reason`](crate::LockScope::lost_reason).
@@ -139,6 +206,8 @@ impl Error {
             Error::Redis(e)
             | Error::Connect { source: e, .. }
             | Error::Unavailable { source: e, .. } => is_transient(e),
+            // Nodes may answer again on the next try.
+            Error::NoQuorum { .. } => true,
             _ => false,
         }
     }

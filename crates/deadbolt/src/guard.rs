@@ -6,12 +6,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::client::Client;
+use crate::engine::{self, Renewal};
 use crate::error::{Error, LostReason, Result};
 use crate::held::Held;
 use crate::options::Lease;
 use crate::queue::Ticket;
 use crate::scope::LockScope;
-use crate::scripts::{self, RENEW};
 
 /// How a release ended. None of these is an error: after a lease ran out, "already expired" is
 /// a fact to report, not a reason to panic.
@@ -89,26 +89,22 @@ impl LockGuard {
         if held.lost.is_cancelled() {
             return Err(self.lost_error());
         }
-        let mut conn = self.client.inner.conn.get();
+        let inner = &self.client.inner;
         let sent = Instant::now();
         // Before sending: if the reply never comes, Redis may still have applied `by`, which
         // can be shorter than the old lease; and a renewal in flight must not overwrite it.
         let generation = held.begin_extend(sent, by);
         self.lease = lease;
-        self.client.inner.watchdog.set_lease(self.id, lease, sent);
-        let mut call = RENEW.call(1);
-        call.arg(&held.key)
-            .arg(&held.token)
-            .arg(by.as_millis() as u64);
-        let limit = self.client.inner.command_timeout;
-        let codes: Vec<i64> = RENEW.run(&call, &mut conn, Some(limit)).await?;
-        if let Some(&code) = codes.first().filter(|&&c| c != 1) {
-            held.mark_lost(if code == 0 {
-                LostReason::Expired
-            } else {
-                LostReason::Taken
-            });
-            return Err(self.lost_error());
+        inner.watchdog.set_lease(self.id, lease, sent);
+        let locks = [(held.key.as_str(), held.token.as_str(), by)];
+        let found = engine::renew(&inner.nodes, held.place, &locks, inner.command_timeout).await;
+        match found[0] {
+            Renewal::Ours => {}
+            Renewal::Unknown => return Err(Error::no_reply()),
+            lost => {
+                held.mark_lost(lost.reason().unwrap_or(LostReason::NotRenewed));
+                return Err(self.lost_error());
+            }
         }
         held.renewed(generation, sent, by);
         Ok(())
@@ -129,22 +125,25 @@ impl LockGuard {
         let inner = self.client.inner.clone();
         inner.watchdog.remove(self.id);
         let held = self.scope.held.clone();
-        let mut conn = inner.conn.get();
         let own = held.has_subscription();
         let limit = inner.command_timeout;
-        let reply = scripts::release(&mut conn, &held.key, &held.token, own, limit).await;
+        let reply = engine::release(
+            &inner.nodes,
+            held.place,
+            &held.name,
+            &held.key,
+            &held.token,
+            own,
+            limit,
+        )
+        .await;
         // From here on nothing is left to do on drop: the release ran or definitely failed.
         self.released = true;
         // The local line moves on only now: until the reply, the next local task would find the
         // lock still ours.
         let ticket = held.take_ticket();
-        let code = reply.map_err(|e| Error::from_redis(e, &held.key))?;
+        let code = reply?;
         hand_off(ticket, code);
-        if code == 3 {
-            // Redis refused the PUBLISH: this user may not use the channels (any more). Later
-            // tokens say so, so waiters re-check instead of waiting for a message.
-            inner.waiters.degrade();
-        }
         let outcome = match code {
             1.. => ReleaseOutcome::Released,
             0 => ReleaseOutcome::AlreadyExpired,
@@ -198,11 +197,11 @@ impl Drop for LockGuard {
             tracing::debug!(lock = %held.name, "guard dropped outside a runtime; the lease will expire");
             return;
         };
-        let (conn, limit) = (inner.conn.clone(), inner.command_timeout);
+        let limit = inner.command_timeout;
         tracing::debug!(lock = %held.name, "guard dropped without release; releasing in the background");
         rt.spawn(async move {
-            let mut conn = conn.get();
-            let reply = scripts::release(&mut conn, &held.key, &held.token, own, limit).await;
+            let (place, name, key, token) = (held.place, &held.name, &held.key, &held.token);
+            let reply = engine::release(&held.nodes, place, name, key, token, own, limit).await;
             if let Ok(code) = reply {
                 hand_off(ticket, code);
             }

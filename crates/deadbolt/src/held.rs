@@ -7,12 +7,12 @@ use tokio::sync::OnceCell;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::conn::Conn;
-use crate::error::{Error, LostReason, Result, is_transient};
-use crate::key::fence_key;
+use crate::engine::{self, Minted};
+use crate::error::{Error, LostReason, Result};
+use crate::node::Node;
 use crate::options::drift;
+use crate::place::Placement;
 use crate::queue::Ticket;
-use crate::scripts::MINT;
 
 /// One acquisition of a lock, from the moment Redis said it is ours.
 #[derive(Debug)]
@@ -22,6 +22,8 @@ pub(crate) struct Held {
     pub(crate) key: String,
     /// The owner token in the lock key.
     pub(crate) token: String,
+    /// Where it is held.
+    pub(crate) place: Placement,
     /// Until when the lock is known to be ours, by the local monotonic clock, and the generation
     /// of the lease (bumped by every `extend`): a renewal reply is applied only if no `extend`
     /// was sent since the renewal was, because Redis may have run them in either order.
@@ -39,8 +41,8 @@ pub(crate) struct Held {
     ticket: Mutex<Option<Ticket>>,
     /// The fencing token, minted by the acquisition (fenced) or on first use.
     fence: OnceCell<u64>,
-    /// What minting on first use needs.
-    conn: Conn,
+    /// The client's nodes, for minting on first use.
+    pub(crate) nodes: std::sync::Arc<[Node]>,
     fence_ttl: Duration,
     command_timeout: Duration,
 }
@@ -51,8 +53,9 @@ pub(crate) struct HeldParts {
     pub(crate) name: String,
     pub(crate) key: String,
     pub(crate) token: String,
+    pub(crate) place: Placement,
     pub(crate) fence: Option<u64>,
-    pub(crate) conn: Conn,
+    pub(crate) nodes: std::sync::Arc<[Node]>,
     pub(crate) fence_ttl: Duration,
     pub(crate) command_timeout: Duration,
 }
@@ -63,13 +66,14 @@ impl Held {
             name: parts.name,
             key: parts.key,
             token: parts.token,
+            place: parts.place,
             valid_until: Mutex::new((valid_until, 0)),
             lost: CancellationToken::new(),
             reason: OnceLock::new(),
             timer: OnceLock::new(),
             ticket: Mutex::new(Some(ticket)),
             fence: OnceCell::new_with(parts.fence),
-            conn: parts.conn,
+            nodes: parts.nodes,
             fence_ttl: parts.fence_ttl,
             command_timeout: parts.command_timeout,
         }
@@ -98,7 +102,7 @@ impl Held {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_mut()
-            .is_some_and(|t| t.line().subscription.is_some())
+            .is_some_and(|t| !t.line().subscriptions.is_empty())
     }
 
     pub(crate) fn valid_until(&self) -> Instant {
@@ -194,36 +198,22 @@ impl Held {
         if self.lost.is_cancelled() {
             return Err(lost());
         }
-        let fence_key = fence_key(&self.key);
-        let mut call = MINT.call(2);
-        call.arg(&self.key)
-            .arg(&fence_key)
-            .arg(&self.token)
-            .arg(self.fence_ttl.as_millis() as u64);
-        let mut reply: redis::RedisResult<Vec<i64>> = Err(crate::error::no_reply_error());
-        // One retry after a connection-level failure: minting twice only skips a token.
-        for _ in 0..2 {
-            let mut conn = self.conn.get();
-            reply = MINT.run(&call, &mut conn, Some(self.command_timeout)).await;
-            if !reply.as_ref().is_err_and(is_transient) {
-                break;
-            }
-        }
-        let reply = reply.map_err(|e| Error::from_redis(e, &fence_key))?;
-        match reply.as_slice() {
-            [1, fence] => Ok(*fence as u64),
-            [code, ..] => {
-                self.mark_lost(if *code == 0 {
-                    LostReason::Expired
-                } else {
-                    LostReason::Taken
-                });
+        let minted = engine::mint(
+            &self.nodes,
+            self.place,
+            &self.name,
+            &self.key,
+            &self.token,
+            self.fence_ttl,
+            self.command_timeout,
+        )
+        .await?;
+        match minted {
+            Minted::Token(fence) => Ok(fence),
+            Minted::Lost(found) => {
+                self.mark_lost(found.reason().unwrap_or(LostReason::NotRenewed));
                 Err(lost())
             }
-            [] => Err(Error::Redis(redis::RedisError::from((
-                redis::ErrorKind::UnexpectedReturnType,
-                "empty reply from the fencing script",
-            )))),
         }
     }
 }

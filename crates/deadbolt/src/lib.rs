@@ -77,23 +77,27 @@
 
 mod client;
 mod conn;
+mod engine;
 mod error;
 pub mod fence;
 mod guard;
 mod held;
 pub mod key;
 mod mutex;
+mod node;
 mod options;
+mod place;
 mod queue;
 mod scope;
 mod scripts;
 #[cfg(feature = "tls")]
 mod tls;
+mod token;
 mod waiters;
 mod watchdog;
 
-pub use client::{Client, ClientBuilder, LockInfo, MAX_FENCE_TTL, redact_url};
-pub use error::{Error, LostReason, Result};
+pub use client::{Client, ClientBuilder, LockInfo, MAX_FENCE_TTL, MAX_NODES, redact_url};
+pub use error::{Error, LostReason, NodeOutcome, Result, Vote};
 pub use guard::{LockGuard, ReleaseOutcome};
 pub use mutex::LockBuilder;
 pub use options::{

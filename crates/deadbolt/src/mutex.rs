@@ -1,20 +1,24 @@
 //! Taking a lock: [`LockBuilder`] and the wait loop behind `acquire`.
 
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use rand::RngExt;
-use redis::AsyncCommands;
-use tokio::time::{Instant, sleep_until, timeout, timeout_at};
+use tokio::sync::Notify;
+use tokio::time::{Instant, sleep_until, timeout_at};
 
 use crate::client::{Client, Inner};
-use crate::error::{Error, Result, is_transient};
+use crate::engine::{self, Attempt, nodes_of};
+use crate::error::{Error, Result};
 use crate::guard::LockGuard;
 use crate::held::{Held, HeldParts};
-use crate::key::{channel, fence_key, lock_key, validate_name};
+use crate::key::{channel, lock_key, validate_name};
 use crate::options::{Lease, LockOptions, drift};
-use crate::scripts::{self, ACQUIRE};
+use crate::place::Placement;
+use crate::token::{Holder, new_token};
 
 /// Options for one acquisition of lock `name`, from [`Client::lock`].
 ///
@@ -167,26 +171,9 @@ const CLEAN_UP_AFTER_FAILURE: Duration = Duration::from_millis(100);
 const BACKOFF_MIN: Duration = Duration::from_millis(25);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// What one attempt found.
-enum Attempt {
-    Acquired {
-        /// Minted with the acquisition (fenced), or `None` to mint on first use.
-        fence: Option<u64>,
-    },
-    Held(Holder),
-}
-
-/// Who holds the lock, as far as an attempt could tell.
-enum Holder {
-    /// A deadbolt client, whose token carries its lease: no release message can be later than
-    /// that (the TTL bound), and its release will be published unless it is `quiet` (its user
-    /// may not publish: then it is re-checked like a peer).
-    Deadbolt { lease: Duration, quiet: bool },
-    /// Another library, with the key's remaining TTL in ms (-1: no expiry).
-    Peer { pttl: i64 },
-    /// The key vanished between the attempt and the look at its TTL: try again at once.
-    Gone,
-}
+/// The longest pause before a quorum lock is tried again after a split vote (no contender got a
+/// majority): a random pause in `0..QUORUM_RETRY`, so contenders do not split again.
+const QUORUM_RETRY: Duration = Duration::from_millis(20);
 
 async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> {
     let LockBuilder {
@@ -222,10 +209,12 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
     };
 
     let lease = options.lease.duration();
+    let place = inner.place(&name);
     let mut pending = Pending {
         inner: inner.clone(),
+        place,
         key: lock_key(&inner.prefix, &name),
-        token: new_token(lease, inner.waiters.is_degraded()),
+        token: new_token(lease, inner.degraded(place)),
         armed: false,
     };
     // Once the lock was seen held, waiting is contention; before, only Redis's answer counts.
@@ -242,36 +231,48 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
         sleep_until((Instant::now() + HAND_OFF).min(deadline)).await;
     }
     loop {
-        if busy && ticket.line().subscription.is_none() {
+        if busy && ticket.line().subscriptions.is_empty() {
             // Subscribe, then try once more: a release between the last try and the
             // subscription would otherwise go unseen.
-            subscribe(inner, &mut ticket, &channel(&pending.key), deadline).await;
+            subscribe(inner, place, &mut ticket, &channel(&pending.key), deadline).await;
         }
-        let notify = ticket.line().subscription.as_ref().map(|s| s.notify());
-        let notified = notify.as_ref().map(|n| n.notified());
-        let mut notified = pin!(notified);
-        if let Some(n) = notified.as_mut().as_pin_mut() {
-            // Register before trying, so a release published during the try is not missed.
-            n.enable();
-        }
+        // Registered before trying, so a release published during the try is not missed.
+        let notifies: Vec<Arc<Notify>> = ticket
+            .line()
+            .subscriptions
+            .iter()
+            .map(|s| s.notify())
+            .collect();
+        let mut released = pin!(any_notified(&notifies));
+        released.as_mut().enable();
         let sent = Instant::now();
-        let holder = match pending.attempt(lease, fenced).await {
+        let holder = match pending.attempt(&name, lease, fenced).await {
             Ok(Attempt::Acquired { fence }) => {
-                pending.armed = false;
                 let valid_until = sent + lease - drift(lease);
                 let parts = HeldParts {
                     name,
                     key: std::mem::take(&mut pending.key),
                     token: std::mem::take(&mut pending.token),
+                    place,
                     fence,
-                    conn: inner.conn.clone(),
+                    nodes: inner.nodes.clone(),
                     fence_ttl: inner.fence_ttl,
                     command_timeout: inner.command_timeout,
                 };
+                pending.armed = false;
                 let held = Arc::new(Held::new(parts, valid_until, ticket));
                 let id = inner.watchdog.register(options.lease, sent, held.clone());
                 tracing::debug!(lock = %held.name, waited_us = start.elapsed().as_micros() as u64, "acquired");
-                return Ok(LockGuard::new(client.clone(), held, id, options.lease));
+                let guard = LockGuard::new(client.clone(), held, id, options.lease);
+                if fenced && place == Placement::Quorum {
+                    // A quorum's token takes two fan-outs of its own (see `engine::mint`): mint
+                    // it before the guard is handed out, as `fenced` promises.
+                    if let Err(err) = guard.fencing_token().await {
+                        let _ = guard.release().await;
+                        return Err(err);
+                    }
+                }
+                return Ok(guard);
             }
             Ok(Attempt::Held(holder)) => {
                 backoff = BACKOFF_MIN;
@@ -284,7 +285,7 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
                     // Briefly: Redis just failed to answer, so a long wait would only delay the
                     // error; an attempt it cannot clean up now is released in the background.
                     pending.clean_up(CLEAN_UP_AFTER_FAILURE).await;
-                    return Err(unavailable(inner, err));
+                    return Err(unavailable(inner, place, err));
                 }
                 tracing::debug!(error = %err, "attempt failed; retrying");
                 sleep_until((now + jitter(backoff)).min(deadline)).await;
@@ -308,7 +309,7 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
         if now >= deadline {
             return Err(timed_out());
         }
-        let recheck = if inner.waiters.is_degraded() || notify.is_none() {
+        let recheck = if inner.degraded(place) || notifies.is_empty() {
             Some(DEGRADED_RECHECK)
         } else {
             None
@@ -329,49 +330,92 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
             }
         };
         tokio::select! {
-            _ = async {
-                match notified.as_mut().as_pin_mut() {
-                    Some(n) => n.await,
-                    None => std::future::pending().await,
-                }
-            } => tracing::trace!("woken by a release"),
+            _ = released.as_mut() => tracing::trace!("woken by a release"),
             _ = sleep_until(wake.min(deadline)) => tracing::trace!("re-checking"),
+        }
+        if place == Placement::Quorum {
+            // Every contender that lost a split vote released what it took, and woke us: a
+            // random pause keeps them from splitting again.
+            let pause = QUORUM_RETRY.mul_f64(rand::rng().random_range(0.0..1.0));
+            sleep_until((Instant::now() + pause).min(deadline)).await;
         }
     }
 }
 
-/// Subscribes the line to the lock's release channel, unless it is already; returns what to
-/// wait on, or `None` when waiting must re-check on a timer (no channel rights, or Redis did not
-/// confirm in time: the next round tries again).
+/// Subscribes the line to the lock's release channel on each node of the lock, unless it is
+/// already. Without any subscription (no channel rights, or Redis did not confirm in time) the
+/// wait re-checks on a timer, and the next round tries again.
 async fn subscribe(
     inner: &Inner,
+    place: Placement,
     ticket: &mut crate::queue::Ticket,
     channel: &str,
     deadline: Instant,
-) -> Option<Arc<tokio::sync::Notify>> {
+) {
     // Never past the caller's deadline: without a subscription the wait re-checks on a timer.
     let limit = deadline.min(Instant::now() + inner.command_timeout);
-    if ticket.line().subscription.is_none() && limit > Instant::now() {
-        match timeout_at(limit, inner.waiters.subscribe(channel)).await {
-            Ok(Ok(sub)) => ticket.line().subscription = sub,
+    if limit <= Instant::now() {
+        return;
+    }
+    let nodes = nodes_of(&inner.nodes, place);
+    let subscribed = join_all(
+        nodes
+            .iter()
+            .map(|node| timeout_at(limit, node.waiters.subscribe(channel))),
+    )
+    .await;
+    for reply in subscribed {
+        match reply {
+            Ok(Ok(Some(sub))) => ticket.line().subscriptions.push(sub),
+            Ok(Ok(None)) => {}
             Ok(Err(err)) => {
                 tracing::debug!(error = %err, "cannot subscribe; re-checking on a timer")
             }
             Err(_) => tracing::debug!("no subscription confirmed in time; re-checking on a timer"),
         }
     }
-    ticket.line().subscription.as_ref().map(|s| s.notify())
 }
 
-fn unavailable(inner: &Inner, err: Error) -> Error {
-    match err {
-        Error::Redis(source)
-        | Error::Unavailable { source, .. }
-        | Error::Connect { source, .. } => Error::Unavailable {
-            addr: inner.addr.clone(),
-            source,
-        },
-        other => other,
+/// Resolves when any of `notifies` is notified. Enable it before the try whose miss it covers.
+fn any_notified(notifies: &[Arc<Notify>]) -> AnyNotified<'_> {
+    AnyNotified {
+        waits: notifies.iter().map(|n| Box::pin(n.notified())).collect(),
+    }
+}
+
+/// The future of [`any_notified`]; pending forever when there is nothing to wait on.
+struct AnyNotified<'a> {
+    waits: Vec<Pin<Box<tokio::sync::futures::Notified<'a>>>>,
+}
+
+impl AnyNotified<'_> {
+    /// Registers every wait, so a notification from now on is not missed.
+    fn enable(self: Pin<&mut Self>) {
+        for wait in &mut self.get_mut().waits {
+            wait.as_mut().enable();
+        }
+    }
+}
+
+impl Future for AnyNotified<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        for wait in &mut self.get_mut().waits {
+            if wait.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// `err` as the error of the lock's node being unavailable, when it is about the connection.
+fn unavailable(inner: &Inner, place: Placement, err: Error) -> Error {
+    match place {
+        Placement::One(i) => inner.nodes[i].unavailable(err),
+        // It names every node already.
+        Placement::Quorum => err,
     }
 }
 
@@ -380,89 +424,49 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::rng().random_range(0.8..1.2))
 }
 
-/// An acquisition in flight. If a script call may have taken the lock (it timed out, or its
+/// An acquisition in flight. If an attempt may have taken the lock (it timed out, or its
 /// connection dropped) and the acquisition then gives up, the lock is released: awaited before
 /// `acquire` returns, or in the background if `acquire` is dropped.
 struct Pending {
     inner: Arc<Inner>,
+    place: Placement,
     key: String,
     token: String,
     armed: bool,
 }
 
 impl Pending {
-    /// One try, bounded by the command timeout. After a failure of the connection the outcome
-    /// is unknown; the next try uses the same token, which Redis then recognizes as ours.
-    async fn attempt(&mut self, lease: Duration, fenced: bool) -> Result<Attempt> {
+    /// One try, bounded by the command timeout (on a quorum, by the node timeout). After a
+    /// failure of the connection the outcome is unknown; the next try uses the same token, which
+    /// Redis then recognizes as ours.
+    async fn attempt(&mut self, name: &str, lease: Duration, fenced: bool) -> Result<Attempt> {
         self.armed = true;
-        let limit = self.inner.command_timeout;
-        let mut conn = self.inner.conn.get();
-        let attempt = async {
-            if fenced {
-                let mut call = ACQUIRE.call(2);
-                call.arg(&self.key)
-                    .arg(fence_key(&self.key))
-                    .arg(&self.token)
-                    .arg(lease.as_millis() as u64)
-                    .arg(self.inner.fence_ttl.as_millis() as u64);
-                // {1, fence} or {0, pttl, holder}.
-                // The whole attempt is bounded below.
-                let reply: Vec<redis::Value> = ACQUIRE.run(&call, &mut conn, None).await?;
-                let int = |i: usize| match reply.get(i) {
-                    Some(redis::Value::Int(n)) => *n,
-                    _ => -2,
-                };
-                return Ok(if int(0) == 1 {
-                    Attempt::Acquired {
-                        fence: Some(int(1) as u64),
-                    }
-                } else {
-                    let holder = match reply.get(2) {
-                        Some(redis::Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
-                        _ => None,
-                    };
-                    Attempt::Held(holder_of(holder.as_deref(), int(1)))
-                });
-            }
-            // Nil: set, the lock is ours. A value: the holder's token, left alone (NX).
-            let previous: Option<String> = redis::cmd("SET")
-                .arg(&self.key)
-                .arg(&self.token)
-                .arg("NX")
-                .arg("PX")
-                .arg(lease.as_millis() as u64)
-                .arg("GET")
-                .query_async(&mut conn)
-                .await?;
-            Ok(match previous {
-                None => Attempt::Acquired { fence: None },
-                // A retry after an ambiguous outcome: the earlier try landed.
-                Some(holder) if holder == self.token => Attempt::Acquired { fence: None },
-                Some(holder) => match holder_of(Some(&holder), 0) {
-                    Holder::Peer { .. } => {
-                        let pttl: i64 = conn.pttl(&self.key).await?;
-                        Attempt::Held(holder_of(Some(&holder), pttl))
-                    }
-                    deadbolt => Attempt::Held(deadbolt),
-                },
-            })
-        };
-        let reply: redis::RedisResult<Attempt> = match timeout(limit, attempt).await {
-            Ok(reply) => reply,
-            Err(_) => return Err(Error::no_reply()),
-        };
-        match reply {
-            Ok(attempt) => {
-                if matches!(attempt, Attempt::Held(_)) {
-                    self.armed = false;
+        let inner = &self.inner;
+        match self.place {
+            Placement::One(i) => {
+                let fence_ttl = fenced.then_some(inner.fence_ttl);
+                let node = &inner.nodes[i];
+                let limit = inner.command_timeout;
+                let attempt =
+                    engine::attempt_on(node, &self.key, &self.token, lease, fence_ttl, limit).await;
+                if !matches!(attempt, Err(ref e) if e.is_transient()) {
+                    // Held, or refused by Redis: nothing of ours was written.
+                    self.armed = matches!(attempt, Ok(Attempt::Acquired { .. }));
                 }
-                Ok(attempt)
+                attempt
             }
-            Err(err) if is_transient(&err) => Err(Error::Redis(err)),
-            // Redis refused the command (say WRONGTYPE): nothing was written.
-            Err(err) => {
-                self.armed = false;
-                Err(Error::from_redis(err, &self.key))
+            Placement::Quorum => {
+                let (attempt, cleaned) = engine::attempt_quorum(
+                    &inner.nodes,
+                    name,
+                    &self.key,
+                    &self.token,
+                    lease,
+                    inner.command_timeout,
+                )
+                .await;
+                self.armed = !cleaned || matches!(attempt, Ok(Attempt::Acquired { .. }));
+                attempt
             }
         }
     }
@@ -473,8 +477,9 @@ impl Pending {
         if !self.armed {
             return;
         }
-        let mut conn = self.inner.conn.get();
-        if scripts::release(&mut conn, &self.key, &self.token, false, limit)
+        let nodes = &self.inner.nodes;
+        let (place, key, token) = (self.place, &self.key, &self.token);
+        if engine::release(nodes, place, key, key, token, false, limit)
             .await
             .is_ok()
         {
@@ -491,112 +496,16 @@ impl Drop for Pending {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (conn, limit, key, token) = (
-            self.inner.conn.clone(),
+        let (nodes, place, limit, key, token) = (
+            self.inner.nodes.clone(),
+            self.place,
             self.inner.command_timeout,
             std::mem::take(&mut self.key),
             std::mem::take(&mut self.token),
         );
         tracing::debug!(%key, "acquisition abandoned; releasing in the background");
         rt.spawn(async move {
-            let mut conn = conn.get();
-            let _ = scripts::release(&mut conn, &key, &token, false, limit).await;
+            let _ = engine::release(&nodes, place, &key, &key, &token, false, limit).await;
         });
-    }
-}
-
-/// The prefix of every deadbolt owner token, which tells our holders from peers'.
-const TOKEN_PREFIX: &str = "dbt1-";
-
-/// A fresh owner token: 128 random bits from the thread-local CSPRNG, and the lease, so a waiter
-/// that reads the token knows how long to wait at most: `dbt1-<32 hex digits>-<lease in ms>`,
-/// with `-q` after it when this client may not publish its releases (`quiet`).
-fn new_token(lease: Duration, quiet: bool) -> String {
-    // By hand, a byte at a time: `format!("{:032x}")` costs more than the rest of the
-    // acquisition's bookkeeping.
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let random = rand::rng().random::<u128>().to_be_bytes();
-    let mut token = Vec::with_capacity(TOKEN_PREFIX.len() + 32 + 1 + 20);
-    token.extend_from_slice(TOKEN_PREFIX.as_bytes());
-    for byte in random {
-        token.extend_from_slice(&[HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]]);
-    }
-    token.push(b'-');
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut ms = lease.as_millis() as u64;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (ms % 10) as u8;
-        ms /= 10;
-        if ms == 0 {
-            break;
-        }
-    }
-    token.extend_from_slice(&digits[at..]);
-    if quiet {
-        token.extend_from_slice(b"-q");
-    }
-    // Only ASCII was written.
-    String::from_utf8(token).unwrap_or_default()
-}
-
-/// Reads a holder's token (`None`: the key is gone) and the key's TTL.
-fn holder_of(token: Option<&str>, pttl: i64) -> Holder {
-    let Some(token) = token else {
-        return Holder::Gone;
-    };
-    let lease = token
-        .strip_prefix(TOKEN_PREFIX)
-        .and_then(|rest| rest.split_once('-'))
-        .filter(|(random, _)| random.len() == 32)
-        .and_then(|(_, rest)| {
-            let (lease, quiet) = match rest.strip_suffix("-q") {
-                Some(lease) => (lease, true),
-                None => (rest, false),
-            };
-            Some((lease.parse::<u64>().ok()?, quiet))
-        });
-    match (lease, pttl) {
-        (_, -2) => Holder::Gone,
-        (Some((ms, quiet)), _) => Holder::Deadbolt {
-            lease: Duration::from_millis(ms),
-            quiet,
-        },
-        (None, pttl) => Holder::Peer { pttl },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_tell_deadbolt_holders_from_peers() {
-        let token = new_token(Duration::from_millis(1500), false);
-        assert_eq!(token.len(), 5 + 32 + 1 + 4);
-        assert!(token.ends_with("-1500"), "{token}");
-        assert!(new_token(Duration::ZERO, false).ends_with("-0"));
-        assert!(matches!(
-            holder_of(Some(&token), 1000),
-            Holder::Deadbolt { lease, quiet: false } if lease == Duration::from_millis(1500)
-        ));
-        let quiet = new_token(Duration::from_millis(20), true);
-        assert!(matches!(
-            holder_of(Some(&quiet), 10),
-            Holder::Deadbolt { lease, quiet: true } if lease == Duration::from_millis(20)
-        ));
-        // redis-py's token is uuid1().hex: 32 hex digits, no prefix.
-        let peer = "0123456789abcdef0123456789abcdef";
-        assert!(matches!(
-            holder_of(Some(peer), -1),
-            Holder::Peer { pttl: -1 }
-        ));
-        assert!(matches!(
-            holder_of(Some("dbt1-short-10"), 5),
-            Holder::Peer { pttl: 5 }
-        ));
-        assert!(matches!(holder_of(None, 5), Holder::Gone));
-        assert!(matches!(holder_of(Some(&token), -2), Holder::Gone));
     }
 }

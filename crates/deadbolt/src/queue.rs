@@ -28,8 +28,9 @@ use crate::waiters::Subscription;
 pub(crate) struct Line {
     /// The hand-off mark left by the last holder.
     hand_off: bool,
-    /// The line's subscription to the lock's release channel, once someone had to wait.
-    pub(crate) subscription: Option<Subscription>,
+    /// The line's subscriptions to the lock's release channel (one per node of the lock), once
+    /// someone had to wait.
+    pub(crate) subscriptions: Vec<Subscription>,
 }
 
 /// One line per name.

@@ -77,7 +77,7 @@ async fn bounded<T>(
 /// with its own first commands.
 pub(crate) fn load_all() -> redis::Pipeline {
     let mut pipe = redis::pipe();
-    for script in [&*ACQUIRE, &*MINT, &*RELEASE, &*RENEW] {
+    for script in [&*ACQUIRE, &*MINT, &*FENCE_QUORUM, &*RELEASE, &*RENEW] {
         pipe.cmd("SCRIPT").arg("LOAD").arg(script.code).ignore();
     }
     pipe
@@ -90,6 +90,10 @@ pub(crate) static ACQUIRE: LazyLock<Lua> =
 /// Owner-checked minting of a fencing token on first use: see `scripts/mint.lua`.
 pub(crate) static MINT: LazyLock<Lua> =
     LazyLock::new(|| Lua::new(include_str!("scripts/mint.lua")));
+
+/// One node's part in minting a quorum lock's fencing token: see `scripts/fence_quorum.lua`.
+pub(crate) static FENCE_QUORUM: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new(include_str!("scripts/fence_quorum.lua")));
 
 /// Compare-and-delete plus publish: see `scripts/release.lua`.
 pub(crate) static RELEASE: LazyLock<Lua> =
@@ -129,7 +133,14 @@ mod tests {
     fn script_hashes_match_what_redis_computes() {
         let server = deadbolt_testkit::RedisServer::start().unwrap();
         let mut conn = server.connection();
-        for script in [&*ACQUIRE, &*MINT, &*RELEASE, &*RENEW, &*FENCED_SET] {
+        for script in [
+            &*ACQUIRE,
+            &*MINT,
+            &*FENCE_QUORUM,
+            &*RELEASE,
+            &*RENEW,
+            &*FENCED_SET,
+        ] {
             let hash: String = redis::cmd("SCRIPT")
                 .arg("LOAD")
                 .arg(script.code)

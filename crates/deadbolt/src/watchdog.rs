@@ -21,11 +21,12 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use crate::conn::Conn;
+use crate::engine::{self, Renewal};
 use crate::error::LostReason;
 use crate::held::Held;
+use crate::node::Node;
 use crate::options::Lease;
-use crate::scripts::RENEW;
+use crate::place::Placement;
 
 /// Most locks renewed by one script call (Redisson's `lockWatchdogBatchSize`).
 const BATCH: usize = 100;
@@ -116,7 +117,7 @@ impl Watchdog {
     /// Starts the task on the current tokio runtime. `disconnected` is notified when a
     /// connection of the client dropped or was replaced: every held lock is checked at once.
     pub(crate) fn start(
-        conn: Conn,
+        nodes: Arc<[Node]>,
         command_timeout: Duration,
         disconnected: Arc<Notify>,
     ) -> Watchdog {
@@ -124,7 +125,7 @@ impl Watchdog {
         let shutdown = CancellationToken::new();
         tokio::spawn(run(
             shared.clone(),
-            conn,
+            nodes,
             command_timeout,
             disconnected,
             shutdown.clone(),
@@ -185,7 +186,7 @@ struct Due {
 
 async fn run(
     shared: Arc<Shared>,
-    conn: Conn,
+    nodes: Arc<[Node]>,
     command_timeout: Duration,
     disconnected: Arc<Notify>,
     shutdown: CancellationToken,
@@ -203,20 +204,26 @@ async fn run(
         }
         let now = Instant::now();
         expire(&shared, now);
-        let due = take_due(&shared, now);
-        for batch in due.chunks(BATCH) {
-            let batch: Vec<Due> = batch
+        let mut due = take_due(&shared, now);
+        // A batch goes to the nodes of one placement: one server, or all of a quorum.
+        due.sort_unstable_by_key(|d| d.held.place);
+        while !due.is_empty() {
+            let place = due[0].held.place;
+            let same = due
                 .iter()
-                .map(|d| Due {
-                    id: d.id,
-                    lease: d.lease,
-                    generation: d.generation,
-                    held: d.held.clone(),
-                })
-                .collect();
+                .take(BATCH)
+                .take_while(|d| d.held.place == place)
+                .count();
+            let batch: Vec<Due> = due.drain(..same).collect();
             // A task per batch: a slow reply must not hold up the next batch, nor the
             // validity deadlines enforced by this loop.
-            tokio::spawn(renew(shared.clone(), conn.clone(), batch, command_timeout));
+            tokio::spawn(renew(
+                shared.clone(),
+                nodes.clone(),
+                place,
+                batch,
+                command_timeout,
+            ));
         }
     }
 }
@@ -294,56 +301,51 @@ fn take_due(shared: &Shared, now: Instant) -> Vec<Due> {
     due
 }
 
-/// Renews (or checks) one batch in one script call and applies the outcome to each lock.
-async fn renew(shared: Arc<Shared>, conn: Conn, batch: Vec<Due>, command_timeout: Duration) {
+/// Renews (or checks) one batch in one script call per node and applies the outcome to each
+/// lock.
+async fn renew(
+    shared: Arc<Shared>,
+    nodes: Arc<[Node]>,
+    place: Placement,
+    batch: Vec<Due>,
+    command_timeout: Duration,
+) {
     let sent = Instant::now();
-    let mut call = RENEW.call(batch.len());
-    for d in &batch {
-        call.arg(&d.held.key);
-    }
-    for d in &batch {
-        call.arg(&d.held.token).arg(d.lease.as_millis() as u64);
-    }
-    let mut conn = conn.get();
-    let reply: Result<Vec<i64>, String> =
-        match RENEW.run(&call, &mut conn, Some(command_timeout)).await {
-            Ok(codes) => Ok(codes),
-            Err(err) => Err(err.to_string()),
-        };
+    let locks: Vec<(&str, &str, Duration)> = batch
+        .iter()
+        .map(|d| (d.held.key.as_str(), d.held.token.as_str(), d.lease))
+        .collect();
+    let found = engine::renew(&nodes, place, &locks, command_timeout).await;
     let mut entries = shared.entries.lock().unwrap();
-    match reply {
-        Ok(codes) => {
-            for (d, code) in batch.iter().zip(codes) {
-                if code == 1 {
-                    if !d.lease.is_zero() {
-                        d.held.renewed(d.generation, sent, d.lease);
-                        tracing::trace!(lock = %d.held.name, "lease renewed");
-                    }
-                    continue;
+    let mut retry = false;
+    for (d, found) in batch.iter().zip(found) {
+        match found {
+            Renewal::Ours => {
+                if !d.lease.is_zero() {
+                    d.held.renewed(d.generation, sent, d.lease);
+                    tracing::trace!(lock = %d.held.name, "lease renewed");
                 }
+            }
+            Renewal::Unknown => {
+                // Retry soon; the validity deadline decides when the lock counts as lost.
+                retry = true;
+                let again = Instant::now() + RETRY;
+                if let Some(e) = entries.map.get_mut(&d.id) {
+                    e.next_due = Some(e.next_due.map_or(again, |n| n.min(again)));
+                }
+            }
+            Renewal::Expired | Renewal::Taken => {
                 // Released meanwhile? Then the entry is gone and there is nothing to report.
                 if entries.map.remove(&d.id).is_some() {
-                    let reason = if code == 0 {
-                        LostReason::Expired
-                    } else {
-                        LostReason::Taken
-                    };
+                    let reason = found.reason().unwrap_or(LostReason::NotRenewed);
                     tracing::info!(lock = %d.held.name, "lock lost: {reason}");
                     d.held.mark_lost(reason);
                 }
             }
         }
-        Err(err) => {
-            // Retry soon; the validity deadline decides when the lock counts as lost.
-            tracing::warn!(error = %err, locks = batch.len(), "lease renewal failed; retrying");
-            let retry = Instant::now() + RETRY;
-            for d in &batch {
-                if let Some(e) = entries.map.get_mut(&d.id) {
-                    e.next_due = Some(e.next_due.map_or(retry, |n| n.min(retry)));
-                }
-            }
-            entries.wake_at = None;
-            shared.changed.notify_one();
-        }
+    }
+    if retry {
+        entries.wake_at = None;
+        shared.changed.notify_one();
     }
 }

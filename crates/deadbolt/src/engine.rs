@@ -1,0 +1,455 @@
+//! The steps of a lock on its nodes, written once for every placement: take, release, renew,
+//! mint a fencing token. On one node each step is one command; on a quorum (Redlock) it is one
+//! parallel fan-out to every node, and the votes decide.
+//!
+//! The wait loop (`mutex.rs`), the watchdog, the guard and the held lock's state call these and
+//! nothing else, so what a lock *is* (its keys, scripts and nodes) stays apart from how it is
+//! waited for, kept, lost and released.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use redis::AsyncCommands;
+use tokio::time::{Instant, timeout};
+
+use crate::error::{Error, NodeOutcome, Result, Vote, is_transient};
+use crate::key::fence_key;
+use crate::node::Node;
+use crate::options::drift;
+use crate::place::{Placement, quorum};
+use crate::scripts::{self, ACQUIRE, FENCE_QUORUM, MINT, RENEW};
+use crate::token::{Holder, holder_of};
+
+/// What one attempt found.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    Acquired {
+        /// Minted with the acquisition (fenced), or `None` to mint on first use.
+        fence: Option<u64>,
+    },
+    Held(Holder),
+}
+
+/// What a renewal (or a check) found for one lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Renewal {
+    Ours,
+    Expired,
+    Taken,
+    /// Too few nodes answered to tell: try again soon.
+    Unknown,
+}
+
+impl Renewal {
+    /// Why the lock is lost, if this says it is.
+    pub(crate) fn reason(self) -> Option<crate::error::LostReason> {
+        use crate::error::LostReason;
+        match self {
+            Renewal::Expired => Some(LostReason::Expired),
+            Renewal::Taken => Some(LostReason::Taken),
+            Renewal::Ours | Renewal::Unknown => None,
+        }
+    }
+}
+
+/// The nodes of placement `place`.
+pub(crate) fn nodes_of(nodes: &[Node], place: Placement) -> &[Node] {
+    match place {
+        Placement::One(i) => std::slice::from_ref(&nodes[i]),
+        Placement::Quorum => nodes,
+    }
+}
+
+/// The time each node of a quorum gets to answer one step: 5 % of the lease, at least 50 ms and
+/// at most the command timeout. Short against the lease, so a dead node costs little of it (the
+/// Redlock algorithm's advice), long enough for a busy loopback.
+pub(crate) fn node_timeout(lease: Duration, command_timeout: Duration) -> Duration {
+    (lease / 20)
+        .max(Duration::from_millis(50))
+        .min(command_timeout)
+}
+
+/// One try on one node, bounded by `limit`: `SET key token NX PX lease GET`, or `acquire.lua`
+/// when `fence_ttl` is given (a fenced acquisition). A retry after an unknown outcome uses the
+/// same token, which the node then recognizes as ours.
+pub(crate) async fn attempt_on(
+    node: &Node,
+    key: &str,
+    token: &str,
+    lease: Duration,
+    fence_ttl: Option<Duration>,
+    limit: Duration,
+) -> Result<Attempt> {
+    let mut conn = node.conn.get();
+    let attempt = async {
+        if let Some(fence_ttl) = fence_ttl {
+            let mut call = ACQUIRE.call(2);
+            call.arg(key)
+                .arg(fence_key(key))
+                .arg(token)
+                .arg(lease.as_millis() as u64)
+                .arg(fence_ttl.as_millis() as u64);
+            // {1, fence} or {0, pttl, holder}. The whole attempt is bounded below.
+            let reply: Vec<redis::Value> = ACQUIRE.run(&call, &mut conn, None).await?;
+            let int = |i: usize| match reply.get(i) {
+                Some(redis::Value::Int(n)) => *n,
+                _ => -2,
+            };
+            return Ok(if int(0) == 1 {
+                Attempt::Acquired {
+                    fence: Some(int(1) as u64),
+                }
+            } else {
+                let holder = match reply.get(2) {
+                    Some(redis::Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
+                    _ => None,
+                };
+                Attempt::Held(holder_of(holder.as_deref(), int(1)))
+            });
+        }
+        // Nil: set, the lock is ours. A value: the holder's token, left alone (NX).
+        let previous: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(lease.as_millis() as u64)
+            .arg("GET")
+            .query_async(&mut conn)
+            .await?;
+        Ok(match previous {
+            None => Attempt::Acquired { fence: None },
+            // A retry after an ambiguous outcome: the earlier try landed.
+            Some(holder) if holder == token => Attempt::Acquired { fence: None },
+            Some(holder) => match holder_of(Some(&holder), 0) {
+                Holder::Peer { .. } => {
+                    let pttl: i64 = conn.pttl(key).await?;
+                    Attempt::Held(holder_of(Some(&holder), pttl))
+                }
+                deadbolt => Attempt::Held(deadbolt),
+            },
+        })
+    };
+    match timeout(limit, attempt).await {
+        Err(_) => Err(Error::no_reply()),
+        Ok(Ok(attempt)) => Ok(attempt),
+        Ok(Err(err)) if is_transient(&err) => Err(Error::Redis(err)),
+        // Redis refused the command (say WRONGTYPE): nothing was written.
+        Ok(Err(err)) => Err(Error::from_redis(err, key)),
+    }
+}
+
+/// One try on every node at once. Acquired when a majority took the lock and its validity
+/// (`lease − elapsed − drift`) is still positive. Otherwise the lock is released on every node
+/// that may have it (those that took it, and those whose reply never came: their `SET` may have
+/// landed) before this returns, and the second value says whether that clean-up was confirmed.
+///
+/// The error, when too few nodes answered, is [`Error::NoQuorum`] with each node's outcome.
+pub(crate) async fn attempt_quorum(
+    nodes: &[Node],
+    name: &str,
+    key: &str,
+    token: &str,
+    lease: Duration,
+    command_timeout: Duration,
+) -> (Result<Attempt>, bool) {
+    let limit = node_timeout(lease, command_timeout);
+    let sent = Instant::now();
+    let replies = join_all(
+        nodes
+            .iter()
+            .map(|node| attempt_on(node, key, token, lease, None, limit)),
+    )
+    .await;
+    let needed = quorum(nodes.len());
+    let won = replies
+        .iter()
+        .filter(|r| matches!(r, Ok(Attempt::Acquired { .. })))
+        .count();
+    if won >= needed && Instant::now() + drift(lease) < sent + lease {
+        return (Ok(Attempt::Acquired { fence: None }), true);
+    }
+    // Give back what we may hold: every node but those another owner holds.
+    let mine: Vec<&Node> = nodes
+        .iter()
+        .zip(&replies)
+        .filter(|(_, r)| !matches!(r, Ok(Attempt::Held(_))))
+        .map(|(n, _)| n)
+        .collect();
+    let released = join_all(mine.iter().map(|n| async move {
+        scripts::release(&mut n.conn.get(), key, token, false, command_timeout).await
+    }))
+    .await;
+    let cleaned = released.iter().all(|r| r.is_ok());
+    let answered = replies.iter().filter(|r| r.is_ok()).count();
+    if answered < needed || won >= needed {
+        // Too few answers, or a majority that came too late to leave any validity.
+        let votes = replies.iter().map(|r| match r {
+            Ok(Attempt::Acquired { .. }) => Vote::Ours,
+            Ok(Attempt::Held(_)) => Vote::Held,
+            Err(e) => vote_of(e),
+        });
+        return (Err(no_quorum(nodes, name, votes)), cleaned);
+    }
+    let holder = replies
+        .into_iter()
+        .filter_map(|r| match r {
+            Ok(Attempt::Held(h)) => Some(h),
+            _ => None,
+        })
+        .fold(Holder::Gone, Holder::longest);
+    (Ok(Attempt::Held(holder)), cleaned)
+}
+
+/// The vote of a node whose step failed.
+fn vote_of(err: &Error) -> Vote {
+    match err {
+        Error::Redis(e) if e.is_timeout() => Vote::TimedOut,
+        Error::Redis(e) => Vote::Failed(e.to_string()),
+        other => Vote::Failed(other.to_string()),
+    }
+}
+
+/// Releases the lock on its nodes if it is still ours there, waking waiters: the code of
+/// `release.lua` (1 released, 2 released with other clients waiting, 3 released without telling
+/// waiters, 0 already expired, -1 held by another owner). On a quorum, released means released
+/// by a majority; nodes that fail expire the key at the end of its lease.
+///
+/// A node whose user may not publish (code 3) has its waiters degraded to re-checks.
+pub(crate) async fn release(
+    nodes: &[Node],
+    place: Placement,
+    name: &str,
+    key: &str,
+    token: &str,
+    own_subscription: bool,
+    limit: Duration,
+) -> Result<i64> {
+    let nodes = nodes_of(nodes, place);
+    let codes = join_all(nodes.iter().map(|node| async move {
+        let code =
+            scripts::release(&mut node.conn.get(), key, token, own_subscription, limit).await;
+        if let Ok(3) = code {
+            // Redis refused the PUBLISH: this user may not use the channels (any more). Later
+            // tokens say so, so waiters re-check instead of waiting for a message.
+            node.waiters.degrade();
+        }
+        code
+    }))
+    .await;
+    if let [code] = codes.as_slice() {
+        return code.clone().map_err(|e| Error::from_redis(e, key));
+    }
+    let needed = quorum(nodes.len());
+    let released = codes.iter().filter(|c| matches!(c, Ok(1..))).count();
+    if released >= needed {
+        let code = codes.iter().filter_map(|c| c.as_ref().ok()).copied();
+        return Ok(code.clone().find(|&c| c == 2).or(code.max()).unwrap_or(1));
+    }
+    let failed = codes.iter().filter(|c| c.is_err()).count();
+    if released + failed >= needed {
+        // The nodes that failed might have said "released": nobody can tell.
+        let votes = codes.iter().map(|c| match c {
+            Ok(1..) => Vote::Ours,
+            Ok(0) => Vote::Gone,
+            Ok(_) => Vote::Held,
+            Err(e) => vote_of(&Error::Redis(e.clone())),
+        });
+        return Err(no_quorum(nodes, name, votes));
+    }
+    let taken = codes.iter().filter(|c| matches!(c, Ok(-1))).count();
+    Ok(if taken > 0 { -1 } else { 0 })
+}
+
+/// Renews (`lease` > 0) or checks (`lease` = 0) many locks of one placement in one script call
+/// per node, and counts the votes of a quorum. `locks` holds each lock's key, token and lease.
+pub(crate) async fn renew(
+    nodes: &[Node],
+    place: Placement,
+    locks: &[(&str, &str, Duration)],
+    limit: Duration,
+) -> Vec<Renewal> {
+    let nodes = nodes_of(nodes, place);
+    let mut call = RENEW.call(locks.len());
+    for (key, _, _) in locks {
+        call.arg(*key);
+    }
+    for (_, token, lease) in locks {
+        call.arg(*token).arg(lease.as_millis() as u64);
+    }
+    let replies = join_all(nodes.iter().map(|node| {
+        let call = &call;
+        async move {
+            let reply = RENEW
+                .run::<Vec<i64>>(call, &mut node.conn.get(), Some(limit))
+                .await;
+            if let Err(err) = &reply {
+                tracing::warn!(node = %node.addr, error = %err, locks = locks.len(), "lease renewal failed; retrying");
+            }
+            reply.ok()
+        }
+    }))
+    .await;
+    let needed = quorum(nodes.len());
+    (0..locks.len())
+        .map(|i| {
+            let codes = replies.iter().map(|r| r.as_ref().map(|c| c[i]));
+            let (mut ours, mut gone, mut taken) = (0, 0, 0);
+            for code in codes {
+                match code {
+                    Some(1) => ours += 1,
+                    Some(0) => gone += 1,
+                    Some(_) => taken += 1,
+                    None => {}
+                }
+            }
+            if ours >= needed {
+                Renewal::Ours
+            } else if gone + taken > nodes.len() - needed {
+                // A majority can no longer agree that it is ours.
+                if taken > 0 {
+                    Renewal::Taken
+                } else {
+                    Renewal::Expired
+                }
+            } else {
+                Renewal::Unknown
+            }
+        })
+        .collect()
+}
+
+/// What minting a fencing token found.
+#[derive(Debug)]
+pub(crate) enum Minted {
+    Token(u64),
+    Lost(Renewal),
+}
+
+/// Mints the fencing token of a lock held on `place`.
+///
+/// On one node: `mint.lua`, owner-checked. On a quorum, in two fan-outs: every node where the
+/// lock is ours proposes `max(its counter + 1, its clock in µs)`; the token is the largest
+/// proposal of a majority, and it is written back to every node before it is returned, at least a
+/// majority confirming. Any two majorities share a node, so the next holder's proposals include
+/// a counter at least this token: tokens increase across holders as long as no node forgets its
+/// counter (a restart without persistence) while the majorities it was part of still count.
+pub(crate) async fn mint(
+    nodes: &[Node],
+    place: Placement,
+    name: &str,
+    key: &str,
+    token: &str,
+    fence_ttl: Duration,
+    limit: Duration,
+) -> Result<Minted> {
+    let fence_key = fence_key(key);
+    if let Placement::One(i) = place {
+        let mut call = MINT.call(2);
+        call.arg(key)
+            .arg(&fence_key)
+            .arg(token)
+            .arg(fence_ttl.as_millis() as u64);
+        let mut reply: redis::RedisResult<Vec<i64>> = Err(crate::error::no_reply_error());
+        // One retry after a connection-level failure: minting twice only skips a token.
+        for _ in 0..2 {
+            reply = MINT.run(&call, &mut nodes[i].conn.get(), Some(limit)).await;
+            if !reply.as_ref().is_err_and(is_transient) {
+                break;
+            }
+        }
+        let reply = reply.map_err(|e| Error::from_redis(e, &fence_key))?;
+        return minted(&reply);
+    }
+    let step = |value: u64| {
+        let mut call = FENCE_QUORUM.call(2);
+        call.arg(key)
+            .arg(&fence_key)
+            .arg(token)
+            .arg(fence_ttl.as_millis() as u64)
+            .arg(value);
+        let fence_key = &fence_key;
+        join_all(nodes.iter().map(move |node| {
+            let call = call.clone();
+            async move {
+                FENCE_QUORUM
+                    .run::<Vec<i64>>(&call, &mut node.conn.get(), Some(limit))
+                    .await
+                    .map_err(|e| Error::from_redis(e, fence_key))
+            }
+        }))
+    };
+    let proposals = step(0).await;
+    let fence = match tally(nodes, name, &proposals)? {
+        Minted::Token(fence) => fence,
+        lost => return Ok(lost),
+    };
+    let written = step(fence).await;
+    tally(nodes, name, &written)
+}
+
+/// The largest token a majority of nodes answered, or why there is none.
+fn tally(nodes: &[Node], name: &str, replies: &[Result<Vec<i64>>]) -> Result<Minted> {
+    let needed = quorum(nodes.len());
+    let mut best = None;
+    let (mut ours, mut gone, mut taken) = (0, 0, 0);
+    for reply in replies {
+        match reply.as_deref() {
+            Ok([1, value]) => {
+                ours += 1;
+                best = best.max(Some(*value as u64));
+            }
+            Ok([0, ..]) => gone += 1,
+            Ok(_) => taken += 1,
+            Err(Error::WrongType { key }) => return Err(Error::WrongType { key: key.clone() }),
+            Err(_) => {}
+        }
+    }
+    match best {
+        Some(fence) if ours >= needed => Ok(Minted::Token(fence)),
+        _ if gone + taken > replies.len() - needed => Ok(Minted::Lost(if taken > 0 {
+            Renewal::Taken
+        } else {
+            Renewal::Expired
+        })),
+        _ => Err(no_quorum(
+            nodes,
+            name,
+            replies.iter().map(|r| match r.as_deref() {
+                Ok([1, ..]) => Vote::Ours,
+                Ok([0, ..]) => Vote::Gone,
+                Ok(_) => Vote::Held,
+                Err(e) => vote_of(e),
+            }),
+        )),
+    }
+}
+
+/// [`Error::NoQuorum`] for lock `name`, with each node's vote.
+fn no_quorum(nodes: &[Node], name: &str, votes: impl Iterator<Item = Vote>) -> Error {
+    Error::NoQuorum {
+        name: name.to_owned(),
+        needed: quorum(nodes.len()),
+        nodes: nodes
+            .iter()
+            .zip(votes)
+            .map(|(node, vote)| NodeOutcome {
+                addr: node.addr.clone(),
+                vote,
+            })
+            .collect(),
+    }
+}
+
+/// Reads `mint.lua`'s reply.
+fn minted(reply: &[i64]) -> Result<Minted> {
+    match reply {
+        [1, fence] => Ok(Minted::Token(*fence as u64)),
+        [0, ..] => Ok(Minted::Lost(Renewal::Expired)),
+        [_, ..] => Ok(Minted::Lost(Renewal::Taken)),
+        [] => Err(Error::Redis(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "empty reply from the fencing script",
+        )))),
+    }
+}

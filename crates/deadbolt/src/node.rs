@@ -1,0 +1,282 @@
+//! [`Node`]: one Redis server as a client sees it: a command connection, a pub/sub connection
+//! for wake-ups, its address for errors, and a heartbeat that replaces a connection gone silent.
+//!
+//! A client has one node (a single server), or several (Redlock over independent masters,
+//! locks sharded over nodes); where a lock lives on them is its [`Placement`](crate::place).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManagerConfig;
+use redis::{AsyncCommands, ConnectionInfo, IntoConnectionInfo, ProtocolVersion};
+use tokio::sync::Notify;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::client::redact_url;
+use crate::conn::{Conn, PingOutcome, tcp_settings};
+use crate::error::{Error, Result};
+use crate::key::LockKeys;
+use crate::waiters::Waiters;
+
+/// How often each connection is pinged to find one that went silent (see `conn.rs`).
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// What connecting to a node needs, from the client's builder.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) prefix: String,
+    pub(crate) command_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    #[cfg(feature = "tls")]
+    pub(crate) tls_root_cert: Option<crate::tls::RootCert>,
+}
+
+/// One Redis server.
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) conn: Conn,
+    pub(crate) waiters: Arc<Waiters>,
+    /// The server address, without credentials, for errors.
+    pub(crate) addr: String,
+    /// Ends the heartbeat task when the node is dropped.
+    _heartbeat: DropGuard,
+}
+
+impl Node {
+    /// Connects to the server at `url`, checks it, and starts its heartbeat. `disconnected` is
+    /// notified whenever one of its connections dropped or was replaced.
+    pub(crate) async fn connect(
+        url: &str,
+        settings: &Settings,
+        disconnected: Arc<Notify>,
+    ) -> Result<Node> {
+        #[cfg(feature = "tls")]
+        if url
+            .get(..9)
+            .is_some_and(|s| s.eq_ignore_ascii_case("rediss://"))
+        {
+            crate::tls::ensure_crypto_provider();
+        }
+        let info = parse_url(url)?;
+        let addr = info.addr().to_string();
+        let redis_settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let info = info
+            .set_redis_settings(redis_settings)
+            .set_tcp_settings(tcp_settings());
+        #[cfg(feature = "tls")]
+        let client = crate::tls::open_client(info, settings.tls_root_cert.clone())?;
+        #[cfg(not(feature = "tls"))]
+        let client =
+            redis::Client::open(info).map_err(|e| Error::invalid("redis url", e.to_string()))?;
+        let connect_err = |source| Error::Connect {
+            addr: addr.clone(),
+            source,
+        };
+
+        // One plain attempt first, so a wrong address or password fails fast with its own
+        // error instead of after the manager's reconnect back-off.
+        let probe = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(settings.connect_timeout))
+            .set_response_timeout(Some(settings.command_timeout));
+        let mut conn = tokio::time::timeout(
+            settings.connect_timeout + settings.command_timeout,
+            client.get_multiplexed_async_connection_with_config(&probe),
+        )
+        .await
+        .map_err(|_| connect_err(crate::error::no_reply_error()))?
+        .map_err(connect_err)?;
+        check_server(&mut conn, &addr).await.map_err(|e| match e {
+            Error::Redis(source) => connect_err(source),
+            other => other,
+        })?;
+        // Whether this user may use deadbolt's channels: without rights, waiters re-check on a
+        // timer, and the operator should hear of it once, now.
+        let probe_channel = LockKeys::new(&settings.prefix, "connect-check").channel;
+        let may_publish = match conn
+            .publish::<_, _, i64>(&probe_channel, "connect-check")
+            .await
+        {
+            Ok(_) => true,
+            Err(e) if e.code() == Some("NOPERM") => false,
+            Err(e) => return Err(connect_err(e)),
+        };
+        drop(conn);
+
+        // No response timeout in the manager: every command deadbolt sends has its own bound
+        // (a second timer per command would only cost time).
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.connect_timeout))
+            .set_response_timeout(None)
+            // Reconnect attempts after a drop come at most this far apart: a restarted Redis
+            // is found again (and every held lock checked) within about this long.
+            .set_max_delay(Duration::from_millis(500))
+            .set_number_of_retries(usize::MAX);
+        let conn = Conn::connect(client.clone(), config.clone())
+            .await
+            .map_err(connect_err)?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let pubsub = Conn::connect(
+            client,
+            config.set_push_sender(tx).set_automatic_resubscription(),
+        )
+        .await
+        .map_err(connect_err)?;
+
+        let waiters = Arc::new(Waiters::new(
+            pubsub,
+            rx,
+            settings.command_timeout,
+            disconnected.clone(),
+        ));
+        if !may_publish {
+            tracing::warn!(
+                %addr,
+                "this redis user may not publish or subscribe to deadbolt's channels: waiters \
+                 will re-check every 100 ms instead of being woken by a release; grant them with \
+                 `ACL SETUSER <user> &{}:*`",
+                settings.prefix
+            );
+            waiters.degrade();
+        }
+        let stop = CancellationToken::new();
+        tokio::spawn(heartbeat(
+            conn.clone(),
+            waiters.clone(),
+            addr.clone(),
+            settings.command_timeout,
+            disconnected,
+            stop.clone(),
+        ));
+        tracing::debug!(%addr, "connected");
+        Ok(Node {
+            conn,
+            waiters,
+            addr,
+            _heartbeat: stop.drop_guard(),
+        })
+    }
+
+    /// `err` as the error of an unavailable node, when it is about the connection.
+    pub(crate) fn unavailable(&self, err: Error) -> Error {
+        match err {
+            Error::Redis(source)
+            | Error::Unavailable { source, .. }
+            | Error::Connect { source, .. } => Error::Unavailable {
+                addr: self.addr.clone(),
+                source,
+            },
+            other => other,
+        }
+    }
+}
+
+/// Checks that the server is a Redis 7 or later (`SET … NX … GET` needs it), and loads every
+/// script, so the first call of each pays no `NOSCRIPT` round trip: one round trip for both.
+async fn check_server(conn: &mut redis::aio::MultiplexedConnection, addr: &str) -> Result<()> {
+    let mut pipe = crate::scripts::load_all();
+    pipe.cmd("INFO").arg("server");
+    let (info,): (String,) = pipe.query_async(conn).await?;
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("0")
+        .trim()
+        .to_owned();
+    let major: u32 = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if major < 7 {
+        return Err(Error::invalid(
+            "redis server",
+            format!("{addr} runs Redis {version}; deadbolt needs Redis 7.0 or later"),
+        ));
+    }
+    Ok(())
+}
+
+/// Pings both connections of a node each [`HEARTBEAT`]. One that stays silent for a command
+/// timeout is replaced (see `conn.rs`), and every held lock is then checked at once. Ends when
+/// the node is dropped.
+async fn heartbeat(
+    commands: Conn,
+    waiters: Arc<Waiters>,
+    addr: String,
+    command_timeout: Duration,
+    disconnected: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    // Said once per outage, not twice a second: `silent` remembers what was already said.
+    let mut silent = [false; 2];
+    let limit = command_timeout.min(HEARTBEAT);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+        }
+        let pubsub = waiters.conn();
+        let (c, p) = tokio::select! {
+            _ = stop.cancelled() => return,
+            outcomes = async { tokio::join!(commands.ping(limit), pubsub.ping(limit)) } => outcomes,
+        };
+        for (i, (outcome, what)) in [(c, "command"), (p, "pub/sub")].into_iter().enumerate() {
+            if outcome != PingOutcome::Silent {
+                silent[i] = false;
+                continue;
+            }
+            if !std::mem::replace(&mut silent[i], true) {
+                tracing::warn!(%addr, "the {what} connection did not answer a ping within {limit:?}; reconnecting");
+            }
+            if i == 0 {
+                commands.replace();
+            } else {
+                pubsub.replace();
+                waiters.resubscribe_all();
+            }
+            disconnected.notify_one();
+        }
+    }
+}
+
+/// Parses a Redis URL, keeping any password out of the error message.
+pub(crate) fn parse_url(url: &str) -> Result<ConnectionInfo> {
+    if url.starts_with("rediss://") && !cfg!(feature = "tls") {
+        return Err(Error::invalid(
+            "redis url",
+            "rediss:// (TLS) needs deadbolt's `tls` feature",
+        ));
+    }
+    const SCHEMES: &str = "redis://[USER][:PASSWORD@]HOST[:PORT][/DB], rediss:// (TLS) or \
+                           unix:///PATH/TO/SOCKET";
+    if !["redis://", "rediss://", "unix://", "redis+unix://"]
+        .iter()
+        .any(|s| url.starts_with(s))
+    {
+        return Err(Error::invalid(
+            "redis url",
+            format!("`{}`: expected {SCHEMES}", redact_url(url)),
+        ));
+    }
+    url.into_connection_info().map_err(|e| {
+        Error::invalid(
+            "redis url",
+            format!(
+                "`{}`: {}; expected {SCHEMES}",
+                redact_url(url),
+                kind_name(&e)
+            ),
+        )
+    })
+}
+
+/// A URL error's detail, which names what is wrong without echoing the URL.
+fn kind_name(err: &redis::RedisError) -> String {
+    match err.detail() {
+        Some(detail) if !detail.contains('@') => detail.to_owned(),
+        _ => "malformed".to_owned(),
+    }
+}
