@@ -24,8 +24,12 @@ mod interop;
 mod macros;
 /// Mixed fleets: waiters re-check behind peers, and do not poll behind deadbolt holders.
 mod peers;
+/// Redlock over independent masters: quorum, node failures, per-node errors, fencing.
+mod redlock;
 /// The scoped form, `Client::with_lock`.
 mod scoped;
+/// Locks spread over independent nodes by name.
+mod sharded;
 /// `rediss://`: a private CA, untrusted certificates, TLS to a plain server (`tls` feature).
 mod tls;
 /// Waiting: pub/sub wake-ups, the TTL bound, crashed holders, commands per acquisition.

@@ -1,0 +1,218 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use deadbolt::{Client, Error, ReleaseOutcome, Vote};
+use deadbolt_testkit::{RedisMasters, RedisServer};
+use tokio::time::Instant;
+
+use crate::util::{assert_clean, ms};
+
+async fn redlock(masters: &RedisMasters) -> Client {
+    Client::redlock(masters.urls())
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// Lock keys (not fencing counters) on `server`.
+fn lock_keys(server: &RedisServer) -> Vec<String> {
+    let mut keys = server.keys();
+    keys.retain(|k| !k.ends_with(":fence"));
+    keys
+}
+
+const ROUNDS: usize = 200;
+
+/// 3 clients × 4 tasks over 5 masters: one holder at a time, every round counted, fencing
+/// tokens strictly increasing in the order the critical sections ran, nothing left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redlock_excludes_and_fences_across_clients() {
+    let masters = RedisMasters::start(5).unwrap();
+    let clients = [
+        redlock(&masters).await,
+        redlock(&masters).await,
+        redlock(&masters).await,
+    ];
+    let claimed = Arc::new(AtomicUsize::new(0));
+    let inside = Arc::new(AtomicBool::new(false));
+    let tokens = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for locks in &clients {
+        for task in 0..4 {
+            let (locks, claimed, inside, tokens) = (
+                locks.clone(),
+                claimed.clone(),
+                inside.clone(),
+                tokens.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                while claimed.fetch_add(1, Ordering::SeqCst) < ROUNDS {
+                    let mut lock = locks.lock("stock:7").wait(Duration::from_secs(30));
+                    if task % 2 == 0 {
+                        lock = lock.fenced();
+                    }
+                    let guard = lock.acquire().await.unwrap();
+                    assert!(!inside.swap(true, Ordering::SeqCst), "two holders at once");
+                    let token = guard.fencing_token().await.unwrap();
+                    tokens.lock().unwrap().push(token);
+                    tokio::task::yield_now().await;
+                    inside.store(false, Ordering::SeqCst);
+                    assert_eq!(guard.release().await.unwrap(), ReleaseOutcome::Released);
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let tokens = std::mem::take(&mut *tokens.lock().unwrap());
+    assert_eq!(tokens.len(), ROUNDS);
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "fencing tokens went backwards: {tokens:?}"
+    );
+    for server in masters.servers() {
+        assert_clean(server);
+    }
+}
+
+#[tokio::test]
+async fn two_of_five_down_still_acquires() {
+    let mut masters = RedisMasters::start(5).unwrap();
+    let locks = redlock(&masters).await;
+    masters.servers_mut()[0].kill();
+    masters.servers_mut()[3].kill();
+    for _ in 0..5 {
+        let guard = locks.lock("a").wait(ms(2000)).acquire().await.unwrap();
+        guard.fencing_token().await.unwrap();
+        assert_eq!(guard.release().await.unwrap(), ReleaseOutcome::Released);
+    }
+    for i in [1, 2, 4] {
+        assert_clean(&masters.servers()[i]);
+    }
+}
+
+/// With 3 of 5 masters down, acquiring fails with a quorum error that names each node and what
+/// it did, once the wait is over, and leaves no lock on the two live masters.
+#[tokio::test]
+async fn three_of_five_down_is_a_quorum_error_naming_each_node() {
+    let mut masters = RedisMasters::start(5).unwrap();
+    let locks = redlock(&masters).await;
+    let dead: Vec<String> = [0, 2, 4]
+        .iter()
+        .map(|&i| masters.servers()[i].addr())
+        .collect();
+    for i in [0, 2, 4] {
+        masters.servers_mut()[i].kill();
+    }
+    let started = Instant::now();
+    let err = locks.lock("a").wait(ms(600)).acquire().await.unwrap_err();
+    assert!(started.elapsed() < ms(3000), "{:?}", started.elapsed());
+    let Error::NoQuorum {
+        name,
+        needed,
+        nodes,
+    } = &err
+    else {
+        panic!("expected a quorum error, got {err:?}");
+    };
+    assert_eq!((name.as_str(), *needed, nodes.len()), ("a", 3, 5));
+    for node in nodes {
+        let down = dead.contains(&node.addr);
+        assert_eq!(!down, node.vote.answered(), "{node}");
+        if !down {
+            assert_eq!(node.vote, Vote::Ours, "{node}");
+        }
+    }
+    let message = err.to_string();
+    assert!(
+        message.contains("2 of 5 nodes answered, 3 needed"),
+        "{message}"
+    );
+    for i in [1, 3] {
+        assert!(
+            lock_keys(&masters.servers()[i]).is_empty(),
+            "a lock was left on a live master"
+        );
+    }
+}
+
+/// After every release no master holds the lock, including the slowest.
+#[tokio::test]
+async fn release_leaves_no_master_locked() {
+    let masters = RedisMasters::start(5).unwrap();
+    let locks = redlock(&masters).await;
+    for i in 0..20 {
+        let guard = locks.lock(format!("n{}", i % 3)).acquire().await.unwrap();
+        guard.release().await.unwrap();
+        for server in masters.servers() {
+            assert!(
+                lock_keys(server).is_empty(),
+                "round {i}: {:?}",
+                server.keys()
+            );
+        }
+    }
+}
+
+/// A waiter sleeps until the holder releases, however long the holder's lease: it is woken by
+/// the release message, not by the lease running out.
+#[tokio::test]
+async fn a_waiter_is_woken_by_the_release() {
+    let masters = RedisMasters::start(3).unwrap();
+    let (a, b) = (redlock(&masters).await, redlock(&masters).await);
+    let held = a
+        .lock("w")
+        .lease(Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap();
+    let waiter = tokio::spawn(async move {
+        let started = Instant::now();
+        let guard = b
+            .lock("w")
+            .wait(Duration::from_secs(10))
+            .acquire()
+            .await
+            .unwrap();
+        let waited = started.elapsed();
+        guard.release().await.unwrap();
+        waited
+    });
+    tokio::time::sleep(ms(300)).await;
+    held.release().await.unwrap();
+    let waited = waiter.await.unwrap();
+    assert!(waited < ms(2000), "woken after {waited:?}");
+}
+
+/// Losing the majority fires the lost signal, no later than the validity.
+#[tokio::test]
+async fn losing_the_majority_fires_the_lost_signal() {
+    let mut masters = RedisMasters::start(3).unwrap();
+    let locks = redlock(&masters).await;
+    let guard = locks.lock("l").watchdog(ms(900)).acquire().await.unwrap();
+    let valid_until = guard.valid_until();
+    masters.servers_mut()[0].kill();
+    masters.servers_mut()[1].kill();
+    tokio::time::timeout(Duration::from_secs(3), guard.lost())
+        .await
+        .expect("the lost signal fired");
+    assert!(std::time::Instant::now() < valid_until + ms(100));
+}
+
+/// Bad node lists are refused before anything is sent.
+#[tokio::test]
+async fn bad_node_lists_are_refused() {
+    let masters = RedisMasters::start(1).unwrap();
+    let url = masters.urls()[0].clone();
+    let err = Client::redlock([url.clone(), url.clone()])
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+    assert!(err.to_string().contains("given twice"), "{err}");
+    let none: [&str; 0] = [];
+    let err = Client::redlock(none).connect().await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+}
