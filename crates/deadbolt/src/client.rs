@@ -224,6 +224,12 @@ impl Client {
     pub fn connection(&self) -> ConnectionManager {
         self.inner.nodes[0].conn.get()
     }
+
+    /// A connection to each server, in the order given (one for a single server); see
+    /// [`Client::connection`].
+    pub fn connections(&self) -> Vec<ConnectionManager> {
+        self.inner.nodes.iter().map(|n| n.conn.get()).collect()
+    }
 }
 
 /// What one node knows of a lock.
