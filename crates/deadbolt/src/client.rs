@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
 
+use crate::conn::Connection;
 use crate::error::{Error, Result};
 use crate::key::{self, DEFAULT_PREFIX, LockKeys};
 use crate::mutex::LockBuilder;
@@ -138,6 +138,20 @@ impl Client {
         ClientBuilder::new(urls.into_iter().map(Into::into).collect(), Mode::Sharded)
     }
 
+    /// Settings for a client of a Redis Cluster (Redis 7 or later), found from one or more of
+    /// its nodes (`seeds`). Each lock lives on the master of its hash slot (all its keys share
+    /// the tag `{name}`); waiters are woken over sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`) on
+    /// that shard; renewals are batched per slot. After a failover the client follows the
+    /// promoted replica. Replication is asynchronous: a lock taken just before its master died
+    /// can be missing on the replica that replaces it (see the guarantees in the crate docs).
+    pub fn cluster<I, S>(seeds: I) -> ClientBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ClientBuilder::new(seeds.into_iter().map(Into::into).collect(), Mode::Cluster)
+    }
+
     /// Starts building a lock on `name`; see [`LockBuilder`] for the defaults.
     pub fn lock(&self, name: impl Into<String>) -> LockBuilder<'_> {
         LockBuilder::new(self, name.into())
@@ -221,13 +235,13 @@ impl Client {
     /// no response timeout of their own, so bound them with `tokio::time::timeout`.
     ///
     /// With several servers, this is the first one given.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Connection {
         self.inner.nodes[0].conn.get()
     }
 
     /// A connection to each server, in the order given (one for a single server); see
     /// [`Client::connection`].
-    pub fn connections(&self) -> Vec<ConnectionManager> {
+    pub fn connections(&self) -> Vec<Connection> {
         self.inner.nodes.iter().map(|n| n.conn.get()).collect()
     }
 }
@@ -369,14 +383,18 @@ impl ClientBuilder {
             tls_root_cert: self.tls_root_cert.clone(),
         };
         let disconnected = Arc::new(Notify::new());
-        let nodes = join_all(
-            self.urls
-                .iter()
-                .map(|url| Node::connect(url, &settings, disconnected.clone())),
-        )
-        .await
-        .into_iter()
-        .collect::<Result<Vec<Node>>>()?;
+        let nodes = if self.mode == Mode::Cluster {
+            vec![Node::connect_cluster(&self.urls, &settings, disconnected.clone()).await?]
+        } else {
+            join_all(
+                self.urls
+                    .iter()
+                    .map(|url| Node::connect(url, &settings, disconnected.clone())),
+            )
+            .await
+            .into_iter()
+            .collect::<Result<Vec<Node>>>()?
+        };
         let nodes: Arc<[Node]> = nodes.into();
         let addrs = nodes.iter().map(|n| n.addr.clone()).collect();
         let watchdog = Watchdog::start(nodes.clone(), self.command_timeout, disconnected);

@@ -15,18 +15,89 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
-/// A replaceable connection manager. Clones share it.
+/// A connection to the servers of a [`Client`](crate::Client), for commands of your own: one
+/// server's (it reconnects by itself), or a Redis Cluster's (it routes each command by its key
+/// and follows `MOVED`, `ASK` and failovers). Use it with [`redis::AsyncCommands`]; its
+/// commands have no response timeout of their own, so bound them with `tokio::time::timeout`.
+#[derive(Clone)]
+pub struct Connection(Kind);
+
+#[derive(Clone)]
+enum Kind {
+    Server(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Kind::Server(_) => "Connection(server)",
+            Kind::Cluster(_) => "Connection(cluster)",
+        })
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match &mut self.0 {
+            Kind::Server(c) => c.req_packed_command(cmd),
+            Kind::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match &mut self.0 {
+            Kind::Server(c) => c.req_packed_commands(cmd, offset, count),
+            Kind::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match &self.0 {
+            Kind::Server(c) => c.get_db(),
+            Kind::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Connection {
+    /// Subscribes to a release channel: `SUBSCRIBE` on a server, `SSUBSCRIBE` (sharded, routed to
+    /// the channel's slot) on a Cluster.
+    pub(crate) async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match &mut self.0 {
+            Kind::Server(c) => c.subscribe(channel).await,
+            Kind::Cluster(c) => c.ssubscribe(channel).await,
+        }
+    }
+
+    /// The reverse of [`Connection::subscribe`].
+    pub(crate) async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match &mut self.0 {
+            Kind::Server(c) => c.unsubscribe(channel).await,
+            Kind::Cluster(c) => c.sunsubscribe(channel).await,
+        }
+    }
+}
+
+/// A replaceable connection. Clones share it.
 #[derive(Clone)]
 pub(crate) struct Conn {
     shared: Arc<Shared>,
 }
 
 struct Shared {
-    current: RwLock<ConnectionManager>,
-    client: redis::Client,
-    config: ConnectionManagerConfig,
+    current: RwLock<Connection>,
+    /// How to make a new one; `None` for a Cluster connection, which repairs itself.
+    source: Option<(redis::Client, ConnectionManagerConfig)>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -44,15 +115,24 @@ impl Conn {
         let manager = ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
         Ok(Conn {
             shared: Arc::new(Shared {
-                current: RwLock::new(manager),
-                client,
-                config,
+                current: RwLock::new(Connection(Kind::Server(manager))),
+                source: Some((client, config)),
             }),
         })
     }
 
-    /// The connection manager to send commands on (a cheap clone).
-    pub(crate) fn get(&self) -> ConnectionManager {
+    /// Wraps a Redis Cluster connection.
+    pub(crate) fn cluster(conn: ClusterConnection) -> Conn {
+        Conn {
+            shared: Arc::new(Shared {
+                current: RwLock::new(Connection(Kind::Cluster(conn))),
+                source: None,
+            }),
+        }
+    }
+
+    /// The connection to send commands on (a cheap clone).
+    pub(crate) fn get(&self) -> Connection {
         self.shared
             .current
             .read()
@@ -63,16 +143,16 @@ impl Conn {
     /// Drops the current connection and starts a new one (connected on first use). Commands in
     /// flight on the old one finish or time out on their own.
     pub(crate) fn replace(&self) {
-        match ConnectionManager::new_lazy_with_config(
-            self.shared.client.clone(),
-            self.shared.config.clone(),
-        ) {
+        let Some((client, config)) = &self.shared.source else {
+            return;
+        };
+        match ConnectionManager::new_lazy_with_config(client.clone(), config.clone()) {
             Ok(fresh) => {
                 *self
                     .shared
                     .current
                     .write()
-                    .unwrap_or_else(|e| e.into_inner()) = fresh;
+                    .unwrap_or_else(|e| e.into_inner()) = Connection(Kind::Server(fresh));
             }
             // Only possible for configurations `connect` already accepted; keep the old one.
             Err(err) => tracing::warn!(error = %err, "cannot make a new connection"),

@@ -177,7 +177,15 @@ pub(crate) async fn attempt_quorum(
         .map(|(n, _)| n)
         .collect();
     let released = join_all(mine.iter().map(|n| async move {
-        scripts::release(&mut n.conn.get(), key, token, false, command_timeout).await
+        scripts::release(
+            &mut n.conn.get(),
+            key,
+            token,
+            false,
+            n.cluster,
+            command_timeout,
+        )
+        .await
     }))
     .await;
     let cleaned = released.iter().all(|r| r.is_ok());
@@ -227,8 +235,9 @@ pub(crate) async fn release(
 ) -> Result<i64> {
     let nodes = nodes_of(nodes, place);
     let codes = join_all(nodes.iter().map(|node| async move {
+        let mut conn = node.conn.get();
         let code =
-            scripts::release(&mut node.conn.get(), key, token, own_subscription, limit).await;
+            scripts::release(&mut conn, key, token, own_subscription, node.cluster, limit).await;
         if let Ok(3) = code {
             // Redis refused the PUBLISH: this user may not use the channels (any more). Later
             // tokens say so, so waiters re-check instead of waiting for a message.

@@ -69,7 +69,30 @@ pub(crate) fn channel(lock: &str) -> String {
     [lock, ":released"].concat()
 }
 
-impl LockKeys {}
+/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag, modulo 16384. Every
+/// key of one lock has the same tag, so the same slot.
+pub(crate) fn slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = key
+        .find('{')
+        .and_then(|open| {
+            let close = key[open + 1..].find('}')? + open + 1;
+            (close > open + 1).then(|| &bytes[open + 1..close])
+        })
+        .unwrap_or(bytes);
+    let mut crc: u16 = 0;
+    for &b in tagged {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
 
 /// Checks a lock name: non-empty, at most [`MAX_NAME_LEN`] bytes, no `{` or `}` (they would move
 /// the lock's keys to different hash slots).
@@ -117,6 +140,16 @@ mod tests {
         assert_eq!(k.fence, "deadbolt:{movie-likes:42}:fence");
         assert_eq!(k.channel, "deadbolt:{movie-likes:42}:released");
         assert_eq!(LockKeys::new("", "a").lock, "{a}");
+    }
+
+    #[test]
+    fn slots_follow_the_hash_tag() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(slot("123456789"), 0x31c3);
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("{user1000}.following"), slot("user1000"));
+        assert_eq!(slot("deadbolt:{a}"), slot("deadbolt:{a}:fence"));
+        assert_eq!(slot("a{}b"), slot("a{}b"));
     }
 
     #[test]

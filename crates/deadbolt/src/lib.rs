@@ -97,6 +97,7 @@ mod waiters;
 mod watchdog;
 
 pub use client::{Client, ClientBuilder, LockInfo, MAX_FENCE_TTL, MAX_NODES, redact_url};
+pub use conn::Connection;
 pub use error::{Error, LostReason, NodeOutcome, Result, Vote};
 pub use guard::{LockGuard, ReleaseOutcome};
 pub use mutex::LockBuilder;

@@ -36,10 +36,12 @@ pub(crate) struct Settings {
 pub(crate) struct Node {
     pub(crate) conn: Conn,
     pub(crate) waiters: Arc<Waiters>,
-    /// The server address, without credentials, for errors.
+    /// The server address, without credentials, for errors. For a Cluster, its first seed node.
     pub(crate) addr: String,
+    /// Whether this is a Redis Cluster (sharded pub/sub, slot-bound scripts).
+    pub(crate) cluster: bool,
     /// Ends the heartbeat task when the node is dropped.
-    _heartbeat: DropGuard,
+    _heartbeat: Option<DropGuard>,
 }
 
 impl Node {
@@ -155,7 +157,78 @@ impl Node {
             conn,
             waiters,
             addr,
-            _heartbeat: stop.drop_guard(),
+            cluster: false,
+            _heartbeat: Some(stop.drop_guard()),
+        })
+    }
+
+    /// Connects to the Redis Cluster that `seeds` belong to. The cluster client finds every
+    /// master from them, routes each command by its key's slot, follows `MOVED` and `ASK`, and
+    /// reconnects after a failover by itself; waiters listen on sharded channels (`SSUBSCRIBE`),
+    /// which a release reaches with `SPUBLISH` on the lock's own shard.
+    pub(crate) async fn connect_cluster(
+        seeds: &[String],
+        settings: &Settings,
+        disconnected: Arc<Notify>,
+    ) -> Result<Node> {
+        let infos = seeds
+            .iter()
+            .map(|url| parse_url(url))
+            .collect::<Result<Vec<_>>>()?;
+        let addr = infos[0].addr().to_string();
+        let connect_err = |source| Error::Connect {
+            addr: addr.clone(),
+            source,
+        };
+        let builder = || {
+            redis::cluster::ClusterClientBuilder::new(infos.clone())
+                .use_protocol(ProtocolVersion::RESP3)
+                .tcp_settings(tcp_settings())
+                .connection_timeout(settings.connect_timeout)
+                // Each try of a command; deadbolt bounds every command as a whole itself.
+                .response_timeout(settings.command_timeout)
+                .overall_response_timeout(None)
+        };
+        let client = builder()
+            .build()
+            .map_err(|e| Error::invalid("redis url", kind_name(&e)))?;
+        let connect = |client: redis::cluster::ClusterClient| async move {
+            tokio::time::timeout(
+                settings.connect_timeout + settings.command_timeout,
+                client.get_async_connection(),
+            )
+            .await
+            .map_err(|_| crate::error::no_reply_error())?
+        };
+        let mut conn = connect(client).await.map_err(connect_err)?;
+        // Sent to every master; one reply each.
+        let infos: std::collections::HashMap<String, String> = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await
+            .map_err(connect_err)?;
+        for (master, info) in &infos {
+            check_version(info, master)?;
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let pubsub_client = builder()
+            .push_sender(tx)
+            .build()
+            .map_err(|e| Error::invalid("redis url", kind_name(&e)))?;
+        let pubsub = connect(pubsub_client).await.map_err(connect_err)?;
+        let waiters = Arc::new(Waiters::new(
+            Conn::cluster(pubsub),
+            rx,
+            settings.command_timeout,
+            disconnected,
+        ));
+        tracing::debug!(%addr, "connected to a redis cluster");
+        Ok(Node {
+            conn: Conn::cluster(conn),
+            waiters,
+            addr,
+            cluster: true,
+            _heartbeat: None,
         })
     }
 
@@ -179,6 +252,11 @@ async fn check_server(conn: &mut redis::aio::MultiplexedConnection, addr: &str) 
     let mut pipe = crate::scripts::load_all();
     pipe.cmd("INFO").arg("server");
     let (info,): (String,) = pipe.query_async(conn).await?;
+    check_version(&info, addr)
+}
+
+/// Checks the `redis_version` of an `INFO server` reply.
+fn check_version(info: &str, addr: &str) -> Result<()> {
     let version = info
         .lines()
         .find_map(|l| l.strip_prefix("redis_version:"))

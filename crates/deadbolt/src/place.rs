@@ -7,6 +7,7 @@
 //! | single | 1 | that node |
 //! | sharded | N independent | the one node its name hashes to (rendezvous hashing) |
 //! | Redlock | N independent masters | all N; held when a majority (N/2 + 1) took it |
+//! | Cluster | 1 (a Redis Cluster) | the master of its hash slot, chosen by the cluster client |
 //!
 //! Everything else (waiting, renewal, the lost signal, release) is the same engine whatever the
 //! placement: it asks one node, or asks all and counts votes.
@@ -20,6 +21,8 @@ pub(crate) enum Mode {
     Sharded,
     /// Each name on all N independent masters, held by a majority.
     Redlock,
+    /// A Redis Cluster: one node to deadbolt, which routes each lock by its hash slot.
+    Cluster,
 }
 
 /// The nodes of one lock.
@@ -35,7 +38,7 @@ impl Placement {
     /// Where lock `name` lives among `nodes` (their addresses, as configured) in `mode`.
     pub(crate) fn of(mode: Mode, name: &str, nodes: &[String]) -> Placement {
         match mode {
-            Mode::Single => Placement::One(0),
+            Mode::Single | Mode::Cluster => Placement::One(0),
             Mode::Sharded => Placement::One(rendezvous(name, nodes)),
             Mode::Redlock => Placement::Quorum,
         }

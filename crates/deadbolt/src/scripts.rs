@@ -110,16 +110,20 @@ pub(crate) static FENCED_SET: LazyLock<Lua> =
 /// Runs `release.lua` for one lock: 1 released, 2 released with other clients waiting, 3
 /// released without telling waiters (no channel rights), 0 already expired, -1 held by another
 /// owner. `own_subscription`: this client is subscribed to the lock's channel itself, which is
-/// not someone to wake.
+/// not someone to wake. `sharded`: waiters listen on the sharded channel (a Redis Cluster).
 pub(crate) async fn release(
     conn: &mut impl ConnectionLike,
     key: &str,
     token: &str,
     own_subscription: bool,
+    sharded: bool,
     limit: Duration,
 ) -> RedisResult<i64> {
     let mut call = RELEASE.call(1);
-    call.arg(key).arg(token).arg(u8::from(own_subscription));
+    call.arg(key)
+        .arg(token)
+        .arg(u8::from(own_subscription))
+        .arg(u8::from(sharded));
     RELEASE.run(&call, conn, Some(limit)).await
 }
 

@@ -254,12 +254,12 @@ async fn dispatch(
             _ => None,
         };
         match push.kind {
-            PushKind::Message => {
+            PushKind::Message | PushKind::SMessage => {
                 if let Some(channel) = channel() {
                     channel.notify.notify_waiters();
                 }
             }
-            PushKind::Subscribe => {
+            PushKind::Subscribe | PushKind::SSubscribe => {
                 if let Some(channel) =
                     channel().filter(|c| c.resubscribing.swap(false, Ordering::SeqCst))
                 {

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::{self, Renewal};
 use crate::error::LostReason;
 use crate::held::Held;
+use crate::key::slot;
 use crate::node::Node;
 use crate::options::Lease;
 use crate::place::Placement;
@@ -205,14 +206,19 @@ async fn run(
         let now = Instant::now();
         expire(&shared, now);
         let mut due = take_due(&shared, now);
-        // A batch goes to the nodes of one placement: one server, or all of a quorum.
-        due.sort_unstable_by_key(|d| d.held.place);
+        // A batch goes to the nodes of one placement (one server, or all of a quorum), and on a
+        // Cluster to one hash slot: a script may only touch keys of one slot.
+        let group = |d: &Due| {
+            let cluster = engine::nodes_of(&nodes, d.held.place)[0].cluster;
+            (d.held.place, if cluster { slot(&d.held.key) } else { 0 })
+        };
+        due.sort_unstable_by_key(group);
         while !due.is_empty() {
-            let place = due[0].held.place;
+            let (place, first) = (due[0].held.place, group(&due[0]));
             let same = due
                 .iter()
                 .take(BATCH)
-                .take_while(|d| d.held.place == place)
+                .take_while(|d| group(d) == first)
                 .count();
             let batch: Vec<Due> = due.drain(..same).collect();
             // A task per batch: a slow reply must not hold up the next batch, nor the

@@ -12,6 +12,8 @@ mod bad_input;
 mod basics;
 /// Dropping futures and guards at any point leaves nothing behind.
 mod cancel;
+/// Redis Cluster: slots, sharded pub/sub, per-slot renewal, failover.
+mod cluster;
 /// Mutual exclusion under contention from several clients, with fencing tokens.
 mod exclusion;
 /// Network and server faults: restart, silent connections, resets, outages, latency.

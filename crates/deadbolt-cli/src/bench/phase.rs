@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use deadbolt::Connection;
 use deadbolt::{Client, ReleaseOutcome};
 use hdrhistogram::Histogram;
-use redis::aio::ConnectionManager;
 use tokio::task::JoinSet;
 
 use super::Workload;
@@ -104,7 +104,7 @@ impl Budget {
 #[derive(Debug, Clone)]
 pub(crate) struct Floor {
     /// The shared connection, like the one command connection of a deadbolt client.
-    conn: ConnectionManager,
+    conn: Connection,
     /// The compare-and-delete script (`EVALSHA`, loaded on first use).
     script: Arc<redis::Script>,
     /// One key per worker.
@@ -113,7 +113,7 @@ pub(crate) struct Floor {
 
 impl Floor {
     /// The floor on `conn`, a deadbolt client's own command connection.
-    pub(crate) fn new(conn: ConnectionManager, workers: usize) -> Floor {
+    pub(crate) fn new(conn: Connection, workers: usize) -> Floor {
         Floor {
             conn,
             script: Arc::new(redis::Script::new(FLOOR_RELEASE)),
@@ -450,7 +450,7 @@ async fn floor_worker(floor: Floor, key: String, worker: usize, budget: Arc<Budg
 #[derive(Debug)]
 struct Section {
     /// The worker's client's connection.
-    conn: ConnectionManager,
+    conn: Connection,
     /// The counter key.
     counter: String,
     /// The pause between read and write, which widens the window for a lost update.

@@ -182,7 +182,7 @@ impl ServerStats {
 /// Measures W2's ideal on an idle `conn`: the mean PING round trip, and the mean GET + hold +
 /// SET on `key`, with the hold as actually slept (tokio timers round up to the millisecond).
 pub(crate) async fn probe_ideal(
-    conn: &mut ConnectionManager,
+    conn: &mut deadbolt::Connection,
     key: &str,
     hold: Duration,
 ) -> anyhow::Result<Ideal> {
