@@ -83,6 +83,7 @@ pub mod fence;
 mod guard;
 mod held;
 pub mod key;
+mod multi;
 mod mutex;
 mod node;
 mod options;
@@ -100,6 +101,7 @@ pub use client::{Client, ClientBuilder, LockInfo, MAX_FENCE_TTL, MAX_NODES, reda
 pub use conn::Connection;
 pub use error::{Error, LostReason, NodeOutcome, Result, Vote};
 pub use guard::{LockGuard, ReleaseOutcome};
+pub use multi::{MAX_MULTI, MultiGuard, MultiLock};
 pub use mutex::LockBuilder;
 pub use options::{
     DEFAULT_WAIT, DEFAULT_WATCHDOG_LEASE, Lease, LockOptions, MAX_LEASE, MAX_WAIT, MIN_LEASE,

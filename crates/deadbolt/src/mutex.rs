@@ -18,6 +18,7 @@ use crate::held::{Held, HeldParts};
 use crate::key::{channel, lock_key, validate_name};
 use crate::options::{Lease, LockOptions, drift};
 use crate::place::Placement;
+use crate::queue::Ticket;
 use crate::token::{Holder, new_token};
 
 /// Options for one acquisition of lock `name`, from [`Client::lock`].
@@ -248,22 +249,17 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
         let sent = Instant::now();
         let holder = match pending.attempt(&name, lease, fenced).await {
             Ok(Attempt::Acquired { fence }) => {
-                let valid_until = sent + lease - drift(lease);
-                let parts = HeldParts {
+                pending.armed = false;
+                let taken = Taken {
                     name,
                     key: std::mem::take(&mut pending.key),
                     token: std::mem::take(&mut pending.token),
                     place,
                     fence,
-                    nodes: inner.nodes.clone(),
-                    fence_ttl: inner.fence_ttl,
-                    command_timeout: inner.command_timeout,
+                    sent,
                 };
-                pending.armed = false;
-                let held = Arc::new(Held::new(parts, valid_until, ticket));
-                let id = inner.watchdog.register(options.lease, sent, held.clone());
-                tracing::debug!(lock = %held.name, waited_us = start.elapsed().as_micros() as u64, "acquired");
-                let guard = LockGuard::new(client.clone(), held, id, options.lease);
+                let guard = adopt(client, taken, options.lease, ticket);
+                tracing::debug!(lock = %guard.name(), waited_us = start.elapsed().as_micros() as u64, "acquired");
                 if fenced && place == Placement::Quorum {
                     // A quorum's token takes two fan-outs of its own (see `engine::mint`): mint
                     // it before the guard is handed out, as `fenced` promises.
@@ -342,13 +338,45 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
     }
 }
 
+/// A lock Redis just gave us.
+pub(crate) struct Taken {
+    pub(crate) name: String,
+    pub(crate) key: String,
+    pub(crate) token: String,
+    pub(crate) place: Placement,
+    /// Minted with the acquisition, if it was.
+    pub(crate) fence: Option<u64>,
+    /// When the command that took it was sent: validity counts from then.
+    pub(crate) sent: Instant,
+}
+
+/// Makes the guard of a lock just taken, and hands it to the watchdog.
+pub(crate) fn adopt(client: &Client, taken: Taken, lease: Lease, ticket: Ticket) -> LockGuard {
+    let inner = &client.inner;
+    let duration = lease.duration();
+    let parts = HeldParts {
+        name: taken.name,
+        key: taken.key,
+        token: taken.token,
+        place: taken.place,
+        fence: taken.fence,
+        nodes: inner.nodes.clone(),
+        fence_ttl: inner.fence_ttl,
+        command_timeout: inner.command_timeout,
+    };
+    let valid_until = taken.sent + duration - drift(duration);
+    let held = Arc::new(Held::new(parts, valid_until, ticket));
+    let id = inner.watchdog.register(lease, taken.sent, held.clone());
+    LockGuard::new(client.clone(), held, id, lease)
+}
+
 /// Subscribes the line to the lock's release channel on each node of the lock, unless it is
 /// already. Without any subscription (no channel rights, or Redis did not confirm in time) the
 /// wait re-checks on a timer, and the next round tries again.
 async fn subscribe(
     inner: &Inner,
     place: Placement,
-    ticket: &mut crate::queue::Ticket,
+    ticket: &mut Ticket,
     channel: &str,
     deadline: Instant,
 ) {

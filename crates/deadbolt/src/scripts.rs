@@ -77,7 +77,14 @@ async fn bounded<T>(
 /// with its own first commands.
 pub(crate) fn load_all() -> redis::Pipeline {
     let mut pipe = redis::pipe();
-    for script in [&*ACQUIRE, &*MINT, &*FENCE_QUORUM, &*RELEASE, &*RENEW] {
+    for script in [
+        &*ACQUIRE,
+        &*ACQUIRE_ALL,
+        &*MINT,
+        &*FENCE_QUORUM,
+        &*RELEASE,
+        &*RENEW,
+    ] {
         pipe.cmd("SCRIPT").arg("LOAD").arg(script.code).ignore();
     }
     pipe
@@ -86,6 +93,10 @@ pub(crate) fn load_all() -> redis::Pipeline {
 /// `SET NX PX` plus a fencing token: see `scripts/acquire.lua`.
 pub(crate) static ACQUIRE: LazyLock<Lua> =
     LazyLock::new(|| Lua::new(include_str!("scripts/acquire.lua")));
+
+/// All-or-nothing `SET NX PX` of several keys: see `scripts/acquire_all.lua`.
+pub(crate) static ACQUIRE_ALL: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new(include_str!("scripts/acquire_all.lua")));
 
 /// Owner-checked minting of a fencing token on first use: see `scripts/mint.lua`.
 pub(crate) static MINT: LazyLock<Lua> =
@@ -139,6 +150,7 @@ mod tests {
         let mut conn = server.connection();
         for script in [
             &*ACQUIRE,
+            &*ACQUIRE_ALL,
             &*MINT,
             &*FENCE_QUORUM,
             &*RELEASE,

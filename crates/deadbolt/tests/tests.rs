@@ -24,6 +24,8 @@ mod fence;
 mod interop;
 /// The #[locked] attribute, at run time.
 mod macros;
+/// MultiLock: all or nothing, one order, one round trip on one server.
+mod multi;
 /// Mixed fleets: waiters re-check behind peers, and do not poll behind deadbolt holders.
 mod peers;
 /// Redlock over independent masters: quorum, node failures, per-node errors, fencing.
