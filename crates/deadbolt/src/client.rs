@@ -386,14 +386,13 @@ impl ClientBuilder {
         let nodes = if self.mode == Mode::Cluster {
             vec![Node::connect_cluster(&self.urls, &settings, disconnected.clone()).await?]
         } else {
-            join_all(
+            let tries = join_all(
                 self.urls
                     .iter()
                     .map(|url| Node::connect(url, &settings, disconnected.clone())),
             )
-            .await
-            .into_iter()
-            .collect::<Result<Vec<Node>>>()?
+            .await;
+            self.some_may_be_down(tries, &settings, &disconnected)?
         };
         let nodes: Arc<[Node]> = nodes.into();
         let addrs = nodes.iter().map(|n| n.addr.clone()).collect();
@@ -409,6 +408,36 @@ impl ClientBuilder {
             fence_ttl: self.fence_ttl,
         });
         Ok(Client { inner })
+    }
+
+    /// The nodes of a Redlock or sharded client, from the connection attempts to each. A node
+    /// that did not answer (refused, silent) joins later, when it answers, as long as enough
+    /// others did: a majority for Redlock, one for sharding. Any other failure (credentials, a
+    /// Redis too old) is an error, as is a single server that did not answer.
+    fn some_may_be_down(
+        &self,
+        tries: Vec<Result<Node>>,
+        settings: &Settings,
+        disconnected: &Arc<Notify>,
+    ) -> Result<Vec<Node>> {
+        let needed = match self.mode {
+            Mode::Redlock => crate::place::quorum(self.urls.len()),
+            Mode::Sharded => 1,
+            Mode::Single | Mode::Cluster => self.urls.len(),
+        };
+        let up = tries.iter().filter(|t| t.is_ok()).count();
+        let mut nodes = Vec::with_capacity(tries.len());
+        for (url, node) in self.urls.iter().zip(tries) {
+            match node {
+                Ok(node) => nodes.push(node),
+                Err(err) if up >= needed && err.is_transient() => {
+                    tracing::warn!(url = %redact_url(url), error = %err, "redis did not answer; it joins when it does");
+                    nodes.push(Node::connect_later(url, settings, disconnected.clone())?);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(nodes)
     }
 
     /// Checks the node list of the mode: one URL for a single server, at least one for the

@@ -121,6 +121,20 @@ impl Conn {
         })
     }
 
+    /// A connection made on first use (a server that did not answer at connect time).
+    pub(crate) fn lazy(
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+    ) -> redis::RedisResult<Conn> {
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        Ok(Conn {
+            shared: Arc::new(Shared {
+                current: RwLock::new(Connection(Kind::Server(manager))),
+                source: Some((client, config)),
+            }),
+        })
+    }
+
     /// Wraps a Redis Cluster connection.
     pub(crate) fn cluster(conn: ClusterConnection) -> Conn {
         Conn {

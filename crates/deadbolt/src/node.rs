@@ -107,15 +107,7 @@ impl Node {
         };
         drop(conn);
 
-        // No response timeout in the manager: every command deadbolt sends has its own bound
-        // (a second timer per command would only cost time).
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.connect_timeout))
-            .set_response_timeout(None)
-            // Reconnect attempts after a drop come at most this far apart: a restarted Redis
-            // is found again (and every held lock checked) within about this long.
-            .set_max_delay(Duration::from_millis(500))
-            .set_number_of_retries(usize::MAX);
+        let config = manager_config(settings);
         let conn = Conn::connect(client.clone(), config.clone())
             .await
             .map_err(connect_err)?;
@@ -232,6 +224,64 @@ impl Node {
         })
     }
 
+    /// A node that did not answer at connect time: its connections are made on first use and
+    /// retried as any dropped connection is, so it joins as soon as it answers. Its version is
+    /// not checked and its scripts are loaded on first use.
+    pub(crate) fn connect_later(
+        url: &str,
+        settings: &Settings,
+        disconnected: Arc<Notify>,
+    ) -> Result<Node> {
+        let info = parse_url(url)?;
+        let addr = info.addr().to_string();
+        let redis_settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let info = info
+            .set_redis_settings(redis_settings)
+            .set_tcp_settings(tcp_settings());
+        #[cfg(feature = "tls")]
+        let client = crate::tls::open_client(info, settings.tls_root_cert.clone())?;
+        #[cfg(not(feature = "tls"))]
+        let client =
+            redis::Client::open(info).map_err(|e| Error::invalid("redis url", e.to_string()))?;
+        let config = manager_config(settings);
+        let lazy_err = |source| Error::Connect {
+            addr: addr.clone(),
+            source,
+        };
+        let conn = Conn::lazy(client.clone(), config.clone()).map_err(lazy_err)?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let pubsub = Conn::lazy(
+            client,
+            config.set_push_sender(tx).set_automatic_resubscription(),
+        )
+        .map_err(lazy_err)?;
+        let waiters = Arc::new(Waiters::new(
+            pubsub,
+            rx,
+            settings.command_timeout,
+            disconnected.clone(),
+        ));
+        let stop = CancellationToken::new();
+        tokio::spawn(heartbeat(
+            conn.clone(),
+            waiters.clone(),
+            addr.clone(),
+            settings.command_timeout,
+            disconnected,
+            stop.clone(),
+        ));
+        Ok(Node {
+            conn,
+            waiters,
+            addr,
+            cluster: false,
+            _heartbeat: Some(stop.drop_guard()),
+        })
+    }
+
     /// `err` as the error of an unavailable node, when it is about the connection.
     pub(crate) fn unavailable(&self, err: Error) -> Error {
         match err {
@@ -244,6 +294,19 @@ impl Node {
             other => other,
         }
     }
+}
+
+/// How every connection manager of a node is set up.
+fn manager_config(settings: &Settings) -> ConnectionManagerConfig {
+    // No response timeout in the manager: every command deadbolt sends has its own bound (a
+    // second timer per command would only cost time).
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(settings.connect_timeout))
+        .set_response_timeout(None)
+        // Reconnect attempts after a drop come at most this far apart: a restarted Redis is
+        // found again (and every held lock checked) within about this long.
+        .set_max_delay(Duration::from_millis(500))
+        .set_number_of_retries(usize::MAX)
 }
 
 /// Checks that the server is a Redis 7 or later (`SET … NX … GET` needs it), and loads every

@@ -216,3 +216,38 @@ async fn bad_node_lists_are_refused() {
     let err = Client::redlock(none).connect().await.unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
 }
+
+/// A master down when the client starts joins when it comes back; meanwhile the majority
+/// serves.
+#[tokio::test]
+async fn a_master_down_at_start_joins_later() {
+    let mut masters = RedisMasters::start(3).unwrap();
+    masters.servers_mut()[2].kill();
+    let locks = redlock(&masters).await;
+    locks
+        .lock("j")
+        .acquire()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    masters.servers_mut()[2].restart().unwrap();
+    // Once it answers, the next acquisition takes it there too.
+    let mut on_third = false;
+    for _ in 0..20 {
+        let guard = locks.lock("j").acquire().await.unwrap();
+        on_third |= !lock_keys(&masters.servers()[2]).is_empty();
+        guard.release().await.unwrap();
+        if on_third {
+            break;
+        }
+        tokio::time::sleep(ms(200)).await;
+    }
+    assert!(on_third, "the restarted master never joined");
+    // Without a majority at start, connecting fails.
+    masters.servers_mut()[0].kill();
+    masters.servers_mut()[1].kill();
+    let err = Client::redlock(masters.urls()).connect().await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+}

@@ -83,3 +83,38 @@ async fn a_dead_node_fails_only_its_names() {
     }
     assert!(failed > 0 && worked > 0, "{failed} failed, {worked} worked");
 }
+
+/// A node down when the client starts: its names fail, naming it, the others work from the
+/// start, and its names work once it is back.
+#[tokio::test]
+async fn a_node_down_at_start_fails_only_its_names_until_it_is_back() {
+    let mut masters = RedisMasters::start(3).unwrap();
+    let dead = masters.servers()[0].addr();
+    masters.servers_mut()[0].kill();
+    let locks = Client::sharded(masters.urls()).connect().await.unwrap();
+    let mut failed = Vec::new();
+    for i in 0..30 {
+        let name = format!("s{i}");
+        match locks.lock(&name).wait(ms(200)).acquire().await {
+            Ok(guard) => {
+                guard.release().await.unwrap();
+            }
+            Err(Error::Unavailable { addr, .. }) => {
+                assert_eq!(addr, dead);
+                failed.push(name);
+            }
+            Err(err) => panic!("{name}: {err:?}"),
+        }
+    }
+    assert!(!failed.is_empty() && failed.len() < 30, "{failed:?}");
+    masters.servers_mut()[0].restart().unwrap();
+    for name in &failed {
+        let guard = locks
+            .lock(name.as_str())
+            .wait(std::time::Duration::from_secs(5))
+            .acquire()
+            .await
+            .unwrap();
+        guard.release().await.unwrap();
+    }
+}
