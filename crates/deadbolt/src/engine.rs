@@ -224,17 +224,16 @@ fn vote_of(err: &Error) -> Vote {
 /// by a majority; nodes that fail expire the key at the end of its lease.
 ///
 /// A node whose user may not publish (code 3) has its waiters degraded to re-checks.
-pub(crate) async fn release(
-    nodes: &[Node],
+pub(crate) async fn release<'a>(
+    nodes: &'a [Node],
     place: Placement,
     name: &str,
-    key: &str,
-    token: &str,
+    key: &'a str,
+    token: &'a str,
     own_subscription: bool,
     limit: Duration,
 ) -> Result<i64> {
-    let nodes = nodes_of(nodes, place);
-    let codes = join_all(nodes.iter().map(|node| async move {
+    let release_on = |node: &'a Node| async move {
         let mut conn = node.conn.get();
         let code =
             scripts::release(&mut conn, key, token, own_subscription, node.cluster, limit).await;
@@ -244,11 +243,17 @@ pub(crate) async fn release(
             node.waiters.degrade();
         }
         code
-    }))
-    .await;
-    if let [code] = codes.as_slice() {
-        return code.clone().map_err(|e| Error::from_redis(e, key));
-    }
+    };
+    let nodes = match place {
+        // No fan-out machinery for the common case: a release is on every acquisition's path.
+        Placement::One(i) => {
+            return release_on(&nodes[i])
+                .await
+                .map_err(|e| Error::from_redis(e, key));
+        }
+        Placement::Quorum => nodes,
+    };
+    let codes = join_all(nodes.iter().map(release_on)).await;
     let needed = quorum(nodes.len());
     let released = codes.iter().filter(|c| matches!(c, Ok(1..))).count();
     if released >= needed {
