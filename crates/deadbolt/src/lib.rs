@@ -36,6 +36,22 @@
 //!   [`LockBuilder::fenced`]) strictly increasing per lock name, and a resource-side check ([`fence::set_if_newer`], and an SQL pattern) that refuses stale
 //!   holders.
 //! - **Cancel safety**: dropping an `acquire` future leaves no lock and no subscription behind.
+//! - **Beyond one Redis**, on the same engine: [`Client::redlock`] (a majority of independent
+//!   masters), [`Client::sharded`] (names spread over independent servers),
+//!   [`Client::cluster`] (Redis Cluster, sharded pub/sub), and [`Client::multi_lock`] (several
+//!   names, all or nothing, deadlock-free).
+//!
+//! # Which mode?
+//!
+//! | mode | survives | can lose a lock when |
+//! |---|---|---|
+//! | [`Client::connect`] | restarts with persistence | the server restarts without it |
+//! | [`Client::cluster`] | a master failure | the key had not reached the promoted replica |
+//! | [`Client::sharded`] | one server down costs only its names | as a single server, per server |
+//! | [`Client::redlock`] | ⌊(N−1)/2⌋ masters down or restarted | more restart without persistence within a lease |
+//!
+//! Start with one server; the repository's `docs/2026-11-30-which-mode.md` says what each mode
+//! guarantees, loses and costs, and how to configure Redis for it.
 //!
 //! # Guarantees, and their limits
 //!
