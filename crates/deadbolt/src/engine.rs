@@ -176,16 +176,10 @@ pub(crate) async fn attempt_quorum(
         .filter(|(_, r)| !matches!(r, Ok(Attempt::Held(_))))
         .map(|(n, _)| n)
         .collect();
+    // Bounded like the attempt: a silent node must not hold up the wait. What is not confirmed
+    // is released again when the acquisition ends (see `Pending` in `mutex.rs`).
     let released = join_all(mine.iter().map(|n| async move {
-        scripts::release(
-            &mut n.conn.get(),
-            key,
-            token,
-            false,
-            n.cluster,
-            command_timeout,
-        )
-        .await
+        scripts::release(&mut n.conn.get(), key, token, false, n.cluster, limit).await
     }))
     .await;
     let cleaned = released.iter().all(|r| r.is_ok());

@@ -251,3 +251,53 @@ async fn a_master_down_at_start_joins_later() {
     let err = Client::redlock(masters.urls()).connect().await.unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err:?}");
 }
+
+/// Masters that go silent (connections left open, nothing answers) cost each step only the
+/// per-node timeout: with 2 of 5 silent the lock is still taken quickly; with 3 of 5 the wait
+/// ends with a quorum error close to its deadline, naming the silent ones as timed out, and no
+/// lock is left on the masters that answered.
+#[tokio::test]
+async fn silent_masters_cost_only_the_node_timeout() {
+    let masters = RedisMasters::start(5).unwrap();
+    let proxies: Vec<deadbolt_testkit::FaultProxy> = masters
+        .servers()
+        .iter()
+        .map(|s| deadbolt_testkit::FaultProxy::start(s).unwrap())
+        .collect();
+    let locks = Client::redlock(proxies.iter().map(|p| p.url()))
+        .connect()
+        .await
+        .unwrap();
+    proxies[1].blackhole();
+    proxies[4].blackhole();
+    let started = Instant::now();
+    let guard = locks
+        .lock("quiet")
+        .lease(Duration::from_secs(2))
+        .acquire()
+        .await
+        .unwrap();
+    // One fan-out: 100 ms per silent node at most, in parallel.
+    assert!(started.elapsed() < ms(600), "{:?}", started.elapsed());
+    guard.release().await.unwrap();
+
+    proxies[2].blackhole();
+    let started = Instant::now();
+    let err = locks
+        .lock("quiet")
+        .lease(Duration::from_secs(2))
+        .wait(ms(500))
+        .acquire()
+        .await
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert!(waited >= ms(500) && waited < ms(1500), "{waited:?}");
+    let Error::NoQuorum { nodes, .. } = &err else {
+        panic!("{err:?}");
+    };
+    let timed_out = nodes.iter().filter(|n| n.vote == Vote::TimedOut).count();
+    assert_eq!(timed_out, 3, "{err}");
+    for i in [0, 3] {
+        assert!(lock_keys(&masters.servers()[i]).is_empty(), "left on {i}");
+    }
+}
