@@ -235,7 +235,13 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
         if busy && ticket.line().subscriptions.is_empty() {
             // Subscribe, then try once more: a release between the last try and the
             // subscription would otherwise go unseen.
-            subscribe(inner, place, &mut ticket, &channel(&pending.key), deadline).await;
+            // On a quorum, a silent node must cost no more here than in an attempt.
+            let limit = match place {
+                Placement::One(_) => inner.command_timeout,
+                Placement::Quorum => engine::node_timeout(lease, inner.command_timeout),
+            };
+            let channel = channel(&pending.key);
+            subscribe(inner, place, &mut ticket, &channel, deadline, limit).await;
         }
         // Registered before trying, so a release published during the try is not missed.
         let notifies: Vec<Arc<Notify>> = ticket
@@ -379,9 +385,10 @@ async fn subscribe(
     ticket: &mut Ticket,
     channel: &str,
     deadline: Instant,
+    limit: Duration,
 ) {
     // Never past the caller's deadline: without a subscription the wait re-checks on a timer.
-    let limit = deadline.min(Instant::now() + inner.command_timeout);
+    let limit = deadline.min(Instant::now() + limit);
     if limit <= Instant::now() {
         return;
     }
