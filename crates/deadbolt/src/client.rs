@@ -7,7 +7,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, ConnectionInfo, IntoConnectionInfo, ProtocolVersion};
 use tokio::sync::Notify;
 
-use crate::conn::{Conn, PingOutcome, tcp_settings};
+use crate::conn::{Conn, PingOutcome, Source, tcp_settings};
 use crate::error::{Error, Result};
 use crate::key::{self, DEFAULT_PREFIX, LockKeys};
 use crate::mutex::LockBuilder;
@@ -60,6 +60,11 @@ pub(crate) struct Inner {
     pub(crate) fence_ttl: Duration,
     /// Woken when a connection dropped or was replaced.
     disconnected: Arc<Notify>,
+    /// The connection for replica-synced acquisitions, which `WAIT` blocks (see `replicas.rs`);
+    /// connected on first use.
+    pub(crate) replicated: Conn,
+    /// The Sentinels to ask whether the master moved, for a `redis+sentinel://` client.
+    sentinel: Option<Arc<crate::sentinel::Sentinel>>,
     /// Ends the heartbeat task as soon as the last clone of the client is dropped.
     _heartbeat: tokio_util::sync::DropGuard,
 }
@@ -82,10 +87,15 @@ impl Client {
     /// `url` is `redis://[user][:password@]host[:port][/db]`; `rediss://` (TLS) needs the `tls`
     /// feature. The server must speak RESP3 (Redis 6 or later).
     ///
+    /// For a master managed by Redis Sentinel, `url` is
+    /// `redis+sentinel://[user:password@]host1:port1[,host2:port2,…]/MASTER_NAME[/db]` (see
+    /// [`Client::sentinel`]).
+    ///
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] for a malformed URL; [`Error::Connect`] when the server cannot
-    /// be reached within the connect timeout or refuses the credentials.
+    /// be reached within the connect timeout or refuses the credentials;
+    /// [`Error::UnknownMaster`] when no Sentinel knows the master name.
     ///
     /// # Cancel safety
     ///
@@ -105,6 +115,55 @@ impl Client {
             #[cfg(feature = "tls")]
             tls_root_cert: None,
         }
+    }
+
+    /// Settings for a client of the master that the Sentinels at `sentinels` (each
+    /// `host:port` or `redis://host:port`; the port defaults to 26379) monitor under
+    /// `master_name`: the builder form of a `redis+sentinel://` URL, without credentials (put
+    /// a master password in the URL form).
+    ///
+    /// # Failover
+    ///
+    /// At connect, the Sentinels are asked in turn for the master's address, and the node there
+    /// must confirm with `ROLE` that it is the master. Then one Sentinel is asked again every
+    /// second: when the Sentinels moved the master, the client's connections move to the new
+    /// one (measured: within about 1 s of the Sentinels announcing it), its pub/sub
+    /// subscriptions are renewed there, and every held lock is checked at once. A lock that the
+    /// new master has is kept; one that did not reach it before the failover (replication is
+    /// asynchronous) fires its lost signal ([`LockScope::lost`](crate::LockScope::lost)), and
+    /// may meanwhile be granted to another owner: [`LockBuilder::replicas`] narrows that window,
+    /// fencing tokens guard the resource. Until the client has moved, commands that reach the
+    /// demoted master's `READONLY` or a dead address are retried within each acquisition's wait.
+    ///
+    /// # Credentials
+    ///
+    /// The URL's user and password are the master's (and its replicas'); the Sentinels are
+    /// asked without credentials. Sentinels with `requirepass` are not supported yet, and
+    /// neither is TLS.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo() -> deadbolt::Result<()> {
+    /// let locks = deadbolt::Client::sentinel(["10.0.0.1:26379", "10.0.0.2:26379"], "mymaster")
+    ///     .connect()
+    ///     .await?;
+    /// // the same as
+    /// let locks = deadbolt::Client::connect(
+    ///     "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster",
+    /// )
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn sentinel(
+        sentinels: impl IntoIterator<Item = impl AsRef<str>>,
+        master_name: &str,
+    ) -> ClientBuilder {
+        let sentinels: Vec<String> = sentinels
+            .into_iter()
+            .map(|s| s.as_ref().to_owned())
+            .collect();
+        Client::builder(&crate::sentinel::url_of(&sentinels, master_name))
     }
 
     /// Starts building a lock on `name`; see [`LockBuilder`] for the defaults.
@@ -255,20 +314,43 @@ impl ClientBuilder {
                 format!("{:?} is outside 1s to {MAX_FENCE_TTL:?}", self.fence_ttl),
             ));
         }
-        let info = parse_url(&self.url)?;
-        let addr = info.addr().to_string();
-        let redis_settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let info = info
-            .set_redis_settings(redis_settings)
-            .set_tcp_settings(tcp_settings());
-        #[cfg(feature = "tls")]
-        let client = crate::tls::open_client(info, self.tls_root_cert)?;
-        #[cfg(not(feature = "tls"))]
-        let client =
-            redis::Client::open(info).map_err(|e| Error::invalid("redis url", e.to_string()))?;
+        let (source, addr, sentinel) = if crate::sentinel::is_sentinel_url(&self.url) {
+            // Sentinel hook: the master is found through the Sentinels (see `sentinel.rs`).
+            #[cfg(feature = "tls")]
+            if self.tls_root_cert.is_some() {
+                return Err(Error::invalid(
+                    "tls root certificate",
+                    "one is set, but redis+sentinel:// connects without TLS",
+                ));
+            }
+            let url = crate::sentinel::parse(&self.url)?;
+            let sentinel = crate::sentinel::Sentinel::resolve(
+                &url,
+                tcp_settings(),
+                self.connect_timeout,
+                self.command_timeout,
+            )
+            .await?;
+            let addr = sentinel.describe();
+            (Source::Sentinel(sentinel.clone()), addr, Some(sentinel))
+        } else {
+            let info = parse_url(&self.url)?;
+            let addr = info.addr().to_string();
+            let redis_settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
+            let info = info
+                .set_redis_settings(redis_settings)
+                .set_tcp_settings(tcp_settings());
+            #[cfg(feature = "tls")]
+            let client = crate::tls::open_client(info, self.tls_root_cert)?;
+            #[cfg(not(feature = "tls"))]
+            let client = redis::Client::open(info)
+                .map_err(|e| Error::invalid("redis url", e.to_string()))?;
+            (Source::Fixed(client), addr, None)
+        };
+        let client = source.client();
         let connect_err = |source| Error::Connect {
             addr: addr.clone(),
             source,
@@ -312,12 +394,13 @@ impl ClientBuilder {
             // is found again (and every held lock checked) within about this long.
             .set_max_delay(Duration::from_millis(500))
             .set_number_of_retries(usize::MAX);
-        let conn = Conn::connect(client.clone(), config.clone())
+        let conn = Conn::connect(source.clone(), config.clone())
             .await
             .map_err(connect_err)?;
+        let replicated = Conn::lazy(source.clone(), config.clone()).map_err(connect_err)?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let pubsub = Conn::connect(
-            client,
+            source,
             config.set_push_sender(tx).set_automatic_resubscription(),
         )
         .await
@@ -353,6 +436,8 @@ impl ClientBuilder {
             command_timeout: self.command_timeout,
             fence_ttl: self.fence_ttl,
             disconnected,
+            replicated,
+            sentinel,
             _heartbeat: stop.clone().drop_guard(),
         });
         tokio::spawn(heartbeat(Arc::downgrade(&inner), stop));
@@ -402,15 +487,33 @@ async fn heartbeat(client: std::sync::Weak<Inner>, stop: tokio_util::sync::Cance
         };
         let limit = inner.command_timeout.min(HEARTBEAT);
         let (commands, pubsub) = (inner.conn.clone(), inner.waiters.conn().clone());
+        let sentinel = inner.sentinel.clone();
         // Not holding the client while waiting for replies: dropping it must end this task.
         drop(inner);
-        let (c, p) = tokio::select! {
+        // Sentinel hook: asked alongside the pings whether the master moved (see `sentinel.rs`).
+        let moved = async {
+            match &sentinel {
+                Some(sentinel) => sentinel.master_moved(limit).await,
+                None => false,
+            }
+        };
+        let (c, p, moved) = tokio::select! {
             _ = stop.cancelled() => return,
-            outcomes = async { tokio::join!(commands.ping(limit), pubsub.ping(limit)) } => outcomes,
+            outcomes = async { tokio::join!(commands.ping(limit), pubsub.ping(limit), moved) } => outcomes,
         };
         let Some(inner) = client.upgrade() else {
             return;
         };
+        if moved {
+            // Both connections to the new master, subscriptions renewed there, every held lock
+            // checked: one the new master lacks is lost.
+            inner.conn.replace();
+            pubsub.replace();
+            inner.waiters.resubscribe_all();
+            inner.disconnected.notify_one();
+            silent = [false; 2];
+            continue;
+        }
         for (i, (outcome, what)) in [(c, "command"), (p, "pub/sub")].into_iter().enumerate() {
             if outcome != PingOutcome::Silent {
                 silent[i] = false;
@@ -438,8 +541,9 @@ fn parse_url(url: &str) -> Result<ConnectionInfo> {
             "rediss:// (TLS) needs deadbolt's `tls` feature",
         ));
     }
-    const SCHEMES: &str = "redis://[USER][:PASSWORD@]HOST[:PORT][/DB], rediss:// (TLS) or \
-                           unix:///PATH/TO/SOCKET";
+    const SCHEMES: &str = "redis://[USER][:PASSWORD@]HOST[:PORT][/DB], rediss:// (TLS), \
+                           unix:///PATH/TO/SOCKET or \
+                           redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT…]/MASTER_NAME[/DB]";
     if !["redis://", "rediss://", "unix://", "redis+unix://"]
         .iter()
         .any(|s| url.starts_with(s))

@@ -11,11 +11,45 @@
 //! Replacing is cheap (the new manager connects lazily, on the next command) and safe: lock
 //! scripts are idempotent per owner token, so a command lost with the old connection is retried
 //! or cleaned up like any command whose reply timed out.
+//!
+//! A connection is made from a [`Source`]: a fixed address, or a master found through Sentinels
+//! (see `sentinel.rs`). A replacement asks the source for the current address, so after the
+//! Sentinels moved the master it reaches the new one; and a `Conn` whose source moved since it
+//! was made replaces itself on next use.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::sentinel::Sentinel;
+
+/// Where a connection goes.
+#[derive(Clone, Debug)]
+pub(crate) enum Source {
+    /// Always the same address.
+    Fixed(redis::Client),
+    /// The current master of a Sentinel-managed deployment.
+    Sentinel(Arc<Sentinel>),
+}
+
+impl Source {
+    /// A client for the address to connect to now.
+    pub(crate) fn client(&self) -> redis::Client {
+        match self {
+            Source::Fixed(client) => client.clone(),
+            Source::Sentinel(sentinel) => sentinel.client(),
+        }
+    }
+
+    /// Bumped whenever the address changes (a failover).
+    fn generation(&self) -> u64 {
+        match self {
+            Source::Fixed(_) => 0,
+            Source::Sentinel(sentinel) => sentinel.generation(),
+        }
+    }
+}
 
 /// A replaceable connection manager. Clones share it.
 #[derive(Clone)]
@@ -24,8 +58,9 @@ pub(crate) struct Conn {
 }
 
 struct Shared {
-    current: RwLock<ConnectionManager>,
-    client: redis::Client,
+    /// The manager, and the source generation it was made at.
+    current: RwLock<(ConnectionManager, u64)>,
+    source: Source,
     config: ConnectionManagerConfig,
 }
 
@@ -38,45 +73,82 @@ impl std::fmt::Debug for Conn {
 impl Conn {
     /// Connects (waiting for the first connection), so a wrong address fails here.
     pub(crate) async fn connect(
-        client: redis::Client,
+        source: Source,
         config: ConnectionManagerConfig,
     ) -> redis::RedisResult<Conn> {
-        let manager = ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
-        Ok(Conn {
+        let generation = source.generation();
+        let manager = ConnectionManager::new_with_config(source.client(), config.clone()).await?;
+        Ok(Conn::wrap(manager, generation, source, config))
+    }
+
+    /// Like [`Conn::connect`], but connects on first use (for a connection that may never be
+    /// needed, such as the one for replica-synced acquisitions).
+    pub(crate) fn lazy(source: Source, config: ConnectionManagerConfig) -> redis::RedisResult<Conn> {
+        let generation = source.generation();
+        let manager = ConnectionManager::new_lazy_with_config(source.client(), config.clone())?;
+        Ok(Conn::wrap(manager, generation, source, config))
+    }
+
+    fn wrap(
+        manager: ConnectionManager,
+        generation: u64,
+        source: Source,
+        config: ConnectionManagerConfig,
+    ) -> Conn {
+        Conn {
             shared: Arc::new(Shared {
-                current: RwLock::new(manager),
-                client,
+                current: RwLock::new((manager, generation)),
+                source,
                 config,
             }),
-        })
+        }
     }
 
-    /// The connection manager to send commands on (a cheap clone).
+    /// The connection manager to send commands on (a cheap clone). If the source moved since
+    /// the manager was made (a failover), a new one for the current address replaces it first.
     pub(crate) fn get(&self) -> ConnectionManager {
-        self.shared
-            .current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        let generation = self.shared.source.generation();
+        {
+            let current = self
+                .shared
+                .current
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            if current.1 == generation {
+                return current.0.clone();
+            }
+        }
+        self.renew(Some(generation))
     }
 
-    /// Drops the current connection and starts a new one (connected on first use). Commands in
-    /// flight on the old one finish or time out on their own.
+    /// Drops the current connection and starts a new one to the source's current address
+    /// (connected on first use). Commands in flight on the old one finish or time out on their
+    /// own.
     pub(crate) fn replace(&self) {
+        self.renew(None);
+    }
+
+    /// Replaces the manager, unless `stale` is given and the manager was already renewed for
+    /// that generation by another caller. Returns the manager in place afterwards.
+    fn renew(&self, stale: Option<u64>) -> ConnectionManager {
+        let generation = self.shared.source.generation();
+        let mut current = self
+            .shared
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if stale.is_some_and(|g| current.1 == g) {
+            return current.0.clone();
+        }
         match ConnectionManager::new_lazy_with_config(
-            self.shared.client.clone(),
+            self.shared.source.client(),
             self.shared.config.clone(),
         ) {
-            Ok(fresh) => {
-                *self
-                    .shared
-                    .current
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner()) = fresh;
-            }
+            Ok(fresh) => *current = (fresh, generation),
             // Only possible for configurations `connect` already accepted; keep the old one.
             Err(err) => tracing::warn!(error = %err, "cannot make a new connection"),
         }
+        current.0.clone()
     }
 
     /// Whether the server answers a `PING` within `limit`.

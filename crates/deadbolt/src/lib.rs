@@ -85,8 +85,10 @@ pub mod key;
 mod mutex;
 mod options;
 mod queue;
+mod replicas;
 mod scope;
 mod scripts;
+mod sentinel;
 #[cfg(feature = "tls")]
 mod tls;
 mod waiters;
@@ -96,6 +98,7 @@ pub use client::{Client, ClientBuilder, LockInfo, MAX_FENCE_TTL, redact_url};
 pub use error::{Error, LostReason, Result};
 pub use guard::{LockGuard, ReleaseOutcome};
 pub use mutex::LockBuilder;
+pub use replicas::{MAX_REPLICA_WAIT, MAX_REPLICAS};
 pub use options::{
     DEFAULT_WAIT, DEFAULT_WATCHDOG_LEASE, Lease, LockOptions, MAX_LEASE, MAX_WAIT, MIN_LEASE,
 };

@@ -34,6 +34,8 @@ pub struct LockBuilder<'a> {
     name: String,
     options: LockOptions,
     fenced: bool,
+    /// Replica confirmation (`WAIT`), see `replicas.rs`.
+    pub(crate) replicas: Option<crate::replicas::Replicas>,
 }
 
 impl<'a> LockBuilder<'a> {
@@ -43,6 +45,7 @@ impl<'a> LockBuilder<'a> {
             name,
             options: LockOptions::default(),
             fenced: false,
+            replicas: None,
         }
     }
 
@@ -102,7 +105,8 @@ impl<'a> LockBuilder<'a> {
     /// # Errors
     ///
     /// [`Error::Timeout`] when the wait passes; [`Error::InvalidArgument`] for a bad name or
-    /// option (nothing is sent then); [`Error::WrongType`] when the lock key holds another type;
+    /// option (nothing is sent then); [`Error::NotReplicated`] when fewer replicas than asked
+    /// with [`LockBuilder::replicas`] confirmed the lock (it was released again); [`Error::WrongType`] when the lock key holds another type;
     /// [`Error::Redis`] when Redis fails.
     ///
     /// # Cancel safety
@@ -172,6 +176,8 @@ enum Attempt {
     Acquired {
         /// Minted with the acquisition (fenced), or `None` to mint on first use.
         fence: Option<u64>,
+        /// How many replicas `WAIT` counted, for a replica-synced acquisition.
+        replicas: Option<u32>,
     },
     Held(Holder),
 }
@@ -194,9 +200,13 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
         name,
         options,
         fenced,
+        replicas,
     } = builder;
     validate_name(&name)?;
     options.validate()?;
+    if let Some(r) = &replicas {
+        r.validate()?;
+    }
     let inner = &client.inner;
     let start = Instant::now();
     let deadline = start
@@ -255,8 +265,16 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
             n.enable();
         }
         let sent = Instant::now();
-        let holder = match pending.attempt(lease, fenced).await {
-            Ok(Attempt::Acquired { fence }) => {
+        let holder = match pending.attempt(lease, fenced, replicas).await {
+            Ok(Attempt::Acquired {
+                fence,
+                replicas: confirmed,
+            }) => {
+                // Replica-synced: too few replicas confirmed, so the lock is given back.
+                if let Some(err) = crate::replicas::shortfall(&name, replicas, confirmed) {
+                    pending.clean_up(inner.command_timeout).await;
+                    return Err(err);
+                }
                 pending.armed = false;
                 let valid_until = sent + lease - drift(lease);
                 let parts = HeldParts {
@@ -271,7 +289,9 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
                 let held = Arc::new(Held::new(parts, valid_until, ticket));
                 let id = inner.watchdog.register(options.lease, sent, held.clone());
                 tracing::debug!(lock = %held.name, waited_us = start.elapsed().as_micros() as u64, "acquired");
-                return Ok(LockGuard::new(client.clone(), held, id, options.lease));
+                let mut guard = LockGuard::new(client.clone(), held, id, options.lease);
+                guard.set_replicas(confirmed);
+                return Ok(guard);
             }
             Ok(Attempt::Held(holder)) => {
                 backoff = BACKOFF_MIN;
@@ -393,11 +413,19 @@ struct Pending {
 impl Pending {
     /// One try, bounded by the command timeout. After a failure of the connection the outcome
     /// is unknown; the next try uses the same token, which Redis then recognizes as ours.
-    async fn attempt(&mut self, lease: Duration, fenced: bool) -> Result<Attempt> {
+    async fn attempt(
+        &mut self,
+        lease: Duration,
+        fenced: bool,
+        replicas: Option<crate::replicas::Replicas>,
+    ) -> Result<Attempt> {
         self.armed = true;
-        let limit = self.inner.command_timeout;
+        let limit = self.inner.command_timeout + replicas.map_or(Duration::ZERO, |r| r.timeout);
         let mut conn = self.inner.conn.get();
         let attempt = async {
+            // Replica-synced: the write goes with a `WAIT` on the client's own connection for
+            // that (see `replicas.rs`); `confirmed` is what `WAIT` counted.
+            let mut confirmed = None;
             if fenced {
                 let mut call = ACQUIRE.call(2);
                 call.arg(&self.key)
@@ -407,7 +435,15 @@ impl Pending {
                     .arg(self.inner.fence_ttl.as_millis() as u64);
                 // {1, fence} or {0, pttl, holder}.
                 // The whole attempt is bounded below.
-                let reply: Vec<redis::Value> = ACQUIRE.run(&call, &mut conn, None).await?;
+                let reply: Vec<redis::Value> = match replicas {
+                    None => ACQUIRE.run(&call, &mut conn, None).await?,
+                    Some(r) => {
+                        let sent = crate::replicas::send(&self.inner.replicated, &call, Some(&ACQUIRE), r);
+                        let (reply, n) = sent.await?;
+                        confirmed = Some(n);
+                        redis::FromRedisValue::from_redis_value(reply)?
+                    }
+                };
                 let int = |i: usize| match reply.get(i) {
                     Some(redis::Value::Int(n)) => *n,
                     _ => -2,
@@ -415,6 +451,7 @@ impl Pending {
                 return Ok(if int(0) == 1 {
                     Attempt::Acquired {
                         fence: Some(int(1) as u64),
+                        replicas: confirmed,
                     }
                 } else {
                     let holder = match reply.get(2) {
@@ -425,19 +462,30 @@ impl Pending {
                 });
             }
             // Nil: set, the lock is ours. A value: the holder's token, left alone (NX).
-            let previous: Option<String> = redis::cmd("SET")
-                .arg(&self.key)
+            let mut set = redis::cmd("SET");
+            set.arg(&self.key)
                 .arg(&self.token)
                 .arg("NX")
                 .arg("PX")
                 .arg(lease.as_millis() as u64)
-                .arg("GET")
-                .query_async(&mut conn)
-                .await?;
+                .arg("GET");
+            let previous: Option<String> = match replicas {
+                None => set.query_async(&mut conn).await?,
+                Some(r) => {
+                    let (reply, n) =
+                        crate::replicas::send(&self.inner.replicated, &set, None, r).await?;
+                    confirmed = Some(n);
+                    redis::FromRedisValue::from_redis_value(reply)?
+                }
+            };
+            let acquired = Attempt::Acquired {
+                fence: None,
+                replicas: confirmed,
+            };
             Ok(match previous {
-                None => Attempt::Acquired { fence: None },
+                None => acquired,
                 // A retry after an ambiguous outcome: the earlier try landed.
-                Some(holder) if holder == self.token => Attempt::Acquired { fence: None },
+                Some(holder) if holder == self.token => acquired,
                 Some(holder) => match holder_of(Some(&holder), 0) {
                     Holder::Peer { .. } => {
                         let pttl: i64 = conn.pttl(&self.key).await?;
