@@ -24,8 +24,12 @@ mod interop;
 mod macros;
 /// Mixed fleets: waiters re-check behind peers, and do not poll behind deadbolt holders.
 mod peers;
+/// Replica-synced acquisitions: `WAIT` confirms the lock, too few replicas release it.
+mod replicas;
 /// The scoped form, `Client::with_lock`.
 mod scoped;
+/// Redis Sentinel: `redis+sentinel://`, unknown masters, following a failover.
+mod sentinel;
 /// `rediss://`: a private CA, untrusted certificates, TLS to a plain server (`tls` feature).
 mod tls;
 /// Waiting: pub/sub wake-ups, the TTL bound, crashed holders, commands per acquisition.
