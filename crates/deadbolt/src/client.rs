@@ -348,7 +348,7 @@ impl ClientBuilder {
             #[cfg(not(feature = "tls"))]
             let client = redis::Client::open(info)
                 .map_err(|e| Error::invalid("redis url", e.to_string()))?;
-            (Source::Fixed(client), addr, None)
+            (Source::Fixed(Box::new(client)), addr, None)
         };
         let client = source.client();
         let connect_err = |source| Error::Connect {
@@ -440,6 +440,12 @@ impl ClientBuilder {
             sentinel,
             _heartbeat: stop.clone().drop_guard(),
         });
+        // Sentinel hook: a task of its own asks whether the master moved (see `sentinel.rs`).
+        if let Some(sentinel) = inner.sentinel.clone() {
+            let client = Arc::downgrade(&inner);
+            let moved = move || client.upgrade().map(|inner| inner.master_moved()).is_some();
+            tokio::spawn(crate::sentinel::follow(sentinel, moved, stop.clone()));
+        }
         tokio::spawn(heartbeat(Arc::downgrade(&inner), stop));
         Ok(Client { inner })
     }
@@ -471,6 +477,18 @@ async fn check_server(conn: &mut redis::aio::MultiplexedConnection, addr: &str) 
     Ok(())
 }
 
+impl Inner {
+    /// Sentinel hook: the master moved (see `sentinel.rs`). Both connections go to the new one,
+    /// subscriptions are renewed there, and every held lock is checked at once: a lock the new
+    /// master lacks is lost.
+    fn master_moved(&self) {
+        self.conn.replace();
+        self.waiters.conn().replace();
+        self.waiters.resubscribe_all();
+        self.disconnected.notify_one();
+    }
+}
+
 /// Pings every connection of a client each [`HEARTBEAT`]. One that stays silent for a command
 /// timeout is replaced (see `conn.rs`), and every held lock is then checked at once. Ends when
 /// the client is dropped.
@@ -487,33 +505,15 @@ async fn heartbeat(client: std::sync::Weak<Inner>, stop: tokio_util::sync::Cance
         };
         let limit = inner.command_timeout.min(HEARTBEAT);
         let (commands, pubsub) = (inner.conn.clone(), inner.waiters.conn().clone());
-        let sentinel = inner.sentinel.clone();
         // Not holding the client while waiting for replies: dropping it must end this task.
         drop(inner);
-        // Sentinel hook: asked alongside the pings whether the master moved (see `sentinel.rs`).
-        let moved = async {
-            match &sentinel {
-                Some(sentinel) => sentinel.master_moved(limit).await,
-                None => false,
-            }
-        };
-        let (c, p, moved) = tokio::select! {
+        let (c, p) = tokio::select! {
             _ = stop.cancelled() => return,
-            outcomes = async { tokio::join!(commands.ping(limit), pubsub.ping(limit), moved) } => outcomes,
+            outcomes = async { tokio::join!(commands.ping(limit), pubsub.ping(limit)) } => outcomes,
         };
         let Some(inner) = client.upgrade() else {
             return;
         };
-        if moved {
-            // Both connections to the new master, subscriptions renewed there, every held lock
-            // checked: one the new master lacks is lost.
-            inner.conn.replace();
-            pubsub.replace();
-            inner.waiters.resubscribe_all();
-            inner.disconnected.notify_one();
-            silent = [false; 2];
-            continue;
-        }
         for (i, (outcome, what)) in [(c, "command"), (p, "pub/sub")].into_iter().enumerate() {
             if outcome != PingOutcome::Silent {
                 silent[i] = false;

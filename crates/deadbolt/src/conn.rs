@@ -28,7 +28,7 @@ use crate::sentinel::Sentinel;
 #[derive(Clone, Debug)]
 pub(crate) enum Source {
     /// Always the same address.
-    Fixed(redis::Client),
+    Fixed(Box<redis::Client>),
     /// The current master of a Sentinel-managed deployment.
     Sentinel(Arc<Sentinel>),
 }
@@ -37,7 +37,7 @@ impl Source {
     /// A client for the address to connect to now.
     pub(crate) fn client(&self) -> redis::Client {
         match self {
-            Source::Fixed(client) => client.clone(),
+            Source::Fixed(client) => (**client).clone(),
             Source::Sentinel(sentinel) => sentinel.client(),
         }
     }
@@ -83,7 +83,10 @@ impl Conn {
 
     /// Like [`Conn::connect`], but connects on first use (for a connection that may never be
     /// needed, such as the one for replica-synced acquisitions).
-    pub(crate) fn lazy(source: Source, config: ConnectionManagerConfig) -> redis::RedisResult<Conn> {
+    pub(crate) fn lazy(
+        source: Source,
+        config: ConnectionManagerConfig,
+    ) -> redis::RedisResult<Conn> {
         let generation = source.generation();
         let manager = ConnectionManager::new_lazy_with_config(source.client(), config.clone())?;
         Ok(Conn::wrap(manager, generation, source, config))

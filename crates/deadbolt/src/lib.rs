@@ -98,10 +98,10 @@ pub use client::{Client, ClientBuilder, LockInfo, MAX_FENCE_TTL, redact_url};
 pub use error::{Error, LostReason, Result};
 pub use guard::{LockGuard, ReleaseOutcome};
 pub use mutex::LockBuilder;
-pub use replicas::{MAX_REPLICA_WAIT, MAX_REPLICAS};
 pub use options::{
     DEFAULT_WAIT, DEFAULT_WATCHDOG_LEASE, Lease, LockOptions, MAX_LEASE, MAX_WAIT, MIN_LEASE,
 };
+pub use replicas::{MAX_REPLICA_WAIT, MAX_REPLICAS};
 pub use scope::LockScope;
 
 #[cfg(feature = "macros")]

@@ -438,7 +438,8 @@ impl Pending {
                 let reply: Vec<redis::Value> = match replicas {
                     None => ACQUIRE.run(&call, &mut conn, None).await?,
                     Some(r) => {
-                        let sent = crate::replicas::send(&self.inner.replicated, &call, Some(&ACQUIRE), r);
+                        let sent =
+                            crate::replicas::send(&self.inner.replicated, &call, Some(&ACQUIRE), r);
                         let (reply, n) = sent.await?;
                         confirmed = Some(n);
                         redis::FromRedisValue::from_redis_value(reply)?

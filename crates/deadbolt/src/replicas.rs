@@ -74,10 +74,7 @@ impl LockBuilder<'_> {
     /// # Ok(()) }
     /// ```
     pub fn replicas(mut self, n: u32, timeout: Duration) -> Self {
-        self.replicas = Some(Replicas {
-            wanted: n,
-            timeout,
-        });
+        self.replicas = Some(Replicas { wanted: n, timeout });
         self
     }
 }

@@ -37,7 +37,8 @@ pub(crate) const SCHEME: &str = "redis+sentinel://";
 /// The port of a Sentinel given without one.
 const DEFAULT_PORT: u16 = 26379;
 
-const EXPECTED: &str = "expected redis+sentinel://[USER:PASSWORD@]HOST[:PORT][,HOST[:PORT]…]/MASTER_NAME[/DB]";
+const EXPECTED: &str =
+    "expected redis+sentinel://[USER:PASSWORD@]HOST[:PORT][,HOST[:PORT]…]/MASTER_NAME[/DB]";
 
 /// Whether `url` names a Sentinel-managed master.
 pub(crate) fn is_sentinel_url(url: &str) -> bool {
@@ -224,13 +225,9 @@ impl std::fmt::Debug for Sentinel {
     }
 }
 
-/// What asking one Sentinel found.
-enum Answer {
-    /// A master address, confirmed by `ROLE`.
-    Master(String, u16, redis::Client),
-    /// The Sentinel does not monitor a master by that name.
-    Unknown,
-}
+/// What asking one Sentinel found: a master address confirmed by `ROLE`, or `None` when the
+/// Sentinel does not monitor a master by that name.
+type Answer = Option<(String, u16, redis::Client)>;
 
 impl Sentinel {
     /// Asks the Sentinels of `url` in turn for the master, and confirms it with `ROLE`.
@@ -285,13 +282,13 @@ impl Sentinel {
         let mut last: Option<RedisError> = None;
         for i in 0..sentinel.sentinels.len() {
             match sentinel.ask(i).await {
-                Ok(Answer::Master(host, port, client)) => {
+                Ok(Some((host, port, client))) => {
                     tracing::debug!(master = %sentinel.master_name, %host, port, "sentinel named the master");
                     *sentinel.current.lock().unwrap_or_else(|e| e.into_inner()) =
                         (host, port, client);
                     return Ok(Arc::new(sentinel));
                 }
-                Ok(Answer::Unknown) => unknown = true,
+                Ok(None) => unknown = true,
                 Err(err) => {
                     tracing::debug!(sentinel = i, error = %err, "sentinel did not name a master");
                     last = Some(err);
@@ -414,10 +411,10 @@ impl Sentinel {
         let mut conn = self.open_sentinel(i).await?;
         let addr = bounded(self.command_timeout, self.master_addr(&mut conn)).await?;
         let Some((host, port)) = addr else {
-            return Ok(Answer::Unknown);
+            return Ok(None);
         };
         let client = self.confirm(&host, port).await?;
-        Ok(Answer::Master(host, port, client))
+        Ok(Some((host, port, client)))
     }
 
     /// A connection to Sentinel `i`, within the connect timeout.
@@ -494,6 +491,33 @@ impl Sentinel {
     }
 }
 
+/// How often a client asks a Sentinel whether the master moved. Half a second: a client follows
+/// a failover within about that much of the Sentinels announcing it, for one tiny command.
+const POLL: Duration = Duration::from_millis(500);
+
+/// Asks a Sentinel every [`POLL`] whether the master moved, and calls `moved` when it did; ends
+/// when `stop` is cancelled or `moved` returns `false` (the client is gone).
+pub(crate) async fn follow(
+    sentinel: Arc<Sentinel>,
+    moved: impl Fn() -> bool,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let limit = sentinel.command_timeout.min(POLL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(POLL) => {}
+        }
+        let changed = tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = sentinel.master_moved(limit) => changed,
+        };
+        if changed && !moved() {
+            return;
+        }
+    }
+}
+
 /// `reply`, or a timeout error after `limit`.
 async fn bounded<T>(
     limit: Duration,
@@ -525,7 +549,13 @@ mod tests {
         assert_eq!(url.password.as_deref(), Some("p@ss"));
         let bare = parse("REDIS+SENTINEL://h:5/m").unwrap();
         assert_eq!((bare.db, bare.username, bare.password), (0, None, None));
-        assert_eq!(parse("redis+sentinel://pw@h/m").unwrap().password.as_deref(), Some("pw"));
+        assert_eq!(
+            parse("redis+sentinel://pw@h/m")
+                .unwrap()
+                .password
+                .as_deref(),
+            Some("pw")
+        );
     }
 
     #[test]
@@ -534,11 +564,17 @@ mod tests {
             ("redis+sentinel://:hunter2@h:1", "no master name"),
             ("redis+sentinel://:hunter2@h:1/", "no master name"),
             ("redis+sentinel://:hunter2@/m", "empty sentinel address"),
-            ("redis+sentinel://:hunter2@h:1,,h:2/m", "empty sentinel address"),
+            (
+                "redis+sentinel://:hunter2@h:1,,h:2/m",
+                "empty sentinel address",
+            ),
             ("redis+sentinel://:hunter2@h:x/m", "bad port"),
             ("redis+sentinel://:hunter2@h:0/m", "bad port"),
             ("redis+sentinel://:hunter2@h:1/m/x", "not a database number"),
-            ("redis+sentinel://:hunter2@h:1/m/1/2", "too many path segments"),
+            (
+                "redis+sentinel://:hunter2@h:1/m/1/2",
+                "too many path segments",
+            ),
             ("redis+sentinel://:hunter2@h:1/m?x=1", "query parameters"),
             ("redis+sentinel://:hunter2@[::1/m", "lacks a `]`"),
             ("redis+sentinel://:hunter2%zz@h/m", "percent-encoding"),

@@ -88,13 +88,7 @@ async fn too_few_replicas_release_the_lock_with_a_typed_error() {
     let started = Instant::now();
     let pending = {
         let locks = locks.clone();
-        tokio::spawn(async move {
-            locks
-                .lock("unsynced")
-                .replicas(1, ms(500))
-                .acquire()
-                .await
-        })
+        tokio::spawn(async move { locks.lock("unsynced").replicas(1, ms(500)).acquire().await })
     };
     // While that `WAIT` blocks its connection, plain locks of the same client go on.
     tokio::time::sleep(ms(100)).await;
@@ -120,7 +114,10 @@ async fn too_few_replicas_release_the_lock_with_a_typed_error() {
         "lock `unsynced` reached 0 of 1 replicas in time"
     );
     assert!(took >= ms(500) && took < ms(1500), "took {took:?}");
-    assert!(!exists(&master, &key), "the unconfirmed lock was left behind");
+    assert!(
+        !exists(&master, &key),
+        "the unconfirmed lock was left behind"
+    );
     replica.resume();
     assert_clean(&master);
 }

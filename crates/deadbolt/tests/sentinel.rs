@@ -1,7 +1,7 @@
 use std::time::{Duration, Instant};
 
 use deadbolt::{Client, Error, LostReason, ReleaseOutcome};
-use deadbolt_testkit::{RedisServer, RedisSentinels};
+use deadbolt_testkit::{RedisSentinels, RedisServer};
 
 use crate::util::{ms, take_and_release};
 
@@ -43,7 +43,8 @@ async fn a_sentinel_url_reaches_the_master() {
         .unwrap();
     take_and_release(&locks, "via-builder").await;
     // A Sentinel that is down is skipped.
-    let url = sentinel_url(&topology).replacen("redis+sentinel://", "redis+sentinel://127.0.0.1:1,", 1);
+    let url =
+        sentinel_url(&topology).replacen("redis+sentinel://", "redis+sentinel://127.0.0.1:1,", 1);
     let locks = Client::connect(&url).await.unwrap();
     take_and_release(&locks, "skipping").await;
 }
@@ -166,7 +167,10 @@ async fn a_client_follows_a_failover() {
     );
     assert!(follow < Duration::from_secs(3), "followed after {follow:?}");
     let key = locks.keys("after").unwrap().lock;
-    assert!(!exists(topology.replica(), &key), "released on the new master");
+    assert!(
+        !exists(topology.replica(), &key),
+        "released on the new master"
+    );
 
     // Each held lock went the way its data says: checked on the new master right after the move.
     tokio::time::timeout(Duration::from_secs(3), dropped.lost())
@@ -175,7 +179,10 @@ async fn a_client_follows_a_failover() {
     assert_eq!(dropped.lost_reason(), Some(LostReason::Expired));
     assert!(kept.is_held(), "the replicated lock is kept");
     assert_eq!(kept.lost_reason(), None);
-    assert!(exists(topology.replica(), &locks.keys("kept").unwrap().lock));
+    assert!(exists(
+        topology.replica(),
+        &locks.keys("kept").unwrap().lock
+    ));
     // Still exclusive on the new master, and its release wakes a waiter of another client
     // there (pub/sub followed too).
     let err = other.lock("kept").try_acquire().await.unwrap_err();
