@@ -9,14 +9,15 @@
 //! - At connect, the Sentinels are asked in turn `SENTINEL GET-MASTER-ADDR-BY-NAME`, and the
 //!   address one gives is confirmed with `ROLE` (a just-demoted node still answers, and must not
 //!   be used). Each step is bounded by the connect and command timeouts.
-//! - Every heartbeat (1 s, see `client.rs`), one Sentinel is asked again, over a connection kept
-//!   open for it. When the address changed and the new node confirms it is the master, the
+//! - Every 500 ms (a task of its own, started by `client.rs`), one Sentinel is asked again,
+//!   over a connection kept open for it. When the address changed and the new node confirms it is the master, the
 //!   generation goes up: every [`Conn`](crate::conn::Conn) built on this source replaces its
 //!   connection on next use, and the heartbeat replaces the command and pub/sub connections at
 //!   once, resubscribes, and has the watchdog check every held lock.
 //!
-//! A client thus follows a failover within about one heartbeat of the Sentinels announcing it
-//! (measured: see `tests/sentinel.rs`). Meanwhile `READONLY` replies count as transient errors:
+//! A client thus follows a failover within about 500 ms of the Sentinels announcing it
+//! (measured: see `tests/sentinel.rs`). Subscribing to the Sentinels' `+switch-master` would
+//! save that half second, at the cost of a pub/sub connection per client to a Sentinel. Meanwhile `READONLY` replies count as transient errors:
 //! an acquisition retries them within its wait, and the watchdog retries a renewal.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
