@@ -232,7 +232,8 @@ impl Client {
 
     /// A connection for commands of your own on the same server (the scripts of
     /// [`fence`](crate::fence), inspection, tests). It reconnects by itself; its commands have
-    /// no response timeout of their own, so bound them with `tokio::time::timeout`.
+    /// no response timeout of their own, so bound them with `tokio::time::timeout`. After a
+    /// Sentinel failover it still talks to the old master: ask for a new one.
     pub fn connection(&self) -> ConnectionManager {
         self.inner.conn.get()
     }

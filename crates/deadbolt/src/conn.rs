@@ -154,6 +154,21 @@ impl Conn {
         current.0.clone()
     }
 
+    /// Reacts to an error of a command sent on this connection: `READONLY` means the node was
+    /// demoted (a failover). The connection is replaced, which reaches the new master when the
+    /// address is a DNS name or proxy that moved; for a Sentinel source, the Sentinels are
+    /// asked at once instead of at the next poll.
+    pub(crate) fn saw_error(&self, err: &redis::RedisError) {
+        if err.code() != Some("READONLY") {
+            return;
+        }
+        tracing::debug!("the server answered READONLY: it was demoted; reconnecting");
+        if let Source::Sentinel(sentinel) = &self.shared.source {
+            sentinel.nudge();
+        }
+        self.replace();
+    }
+
     /// Whether the server answers a `PING` within `limit`.
     pub(crate) async fn ping(&self, limit: Duration) -> PingOutcome {
         let mut conn = self.get();

@@ -507,7 +507,11 @@ impl Pending {
                 }
                 Ok(attempt)
             }
-            Err(err) if is_transient(&err) => Err(Error::Redis(err)),
+            Err(err) if is_transient(&err) => {
+                // Failover hook: `READONLY` means the node was demoted (see `conn.rs`).
+                self.inner.conn.saw_error(&err);
+                Err(Error::Redis(err))
+            }
             // Redis refused the command (say WRONGTYPE): nothing was written.
             Err(err) => {
                 self.armed = false;

@@ -213,6 +213,8 @@ pub(crate) struct Sentinel {
     asking: tokio::sync::Mutex<Option<(usize, MultiplexedConnection)>>,
     /// Which Sentinel the heartbeat opens next (modulo their number).
     next: AtomicUsize,
+    /// Wakes [`follow`] before its next poll: a command met a demoted master.
+    nudged: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Sentinel {
@@ -278,6 +280,7 @@ impl Sentinel {
             generation: AtomicU64::new(0),
             asking: tokio::sync::Mutex::new(None),
             next: AtomicUsize::new(0),
+            nudged: tokio::sync::Notify::new(),
         };
         let mut unknown = false;
         let mut last: Option<RedisError> = None;
@@ -397,6 +400,11 @@ impl Sentinel {
         tokio::time::timeout(bound, check).await.unwrap_or(false)
     }
 
+    /// Has [`follow`] ask the Sentinels now rather than at its next poll.
+    pub(crate) fn nudge(&self) {
+        self.nudged.notify_one();
+    }
+
     /// Which Sentinel the heartbeat asks next.
     fn next_sentinel(&self) -> usize {
         self.next.load(Ordering::Relaxed)
@@ -496,6 +504,10 @@ impl Sentinel {
 /// a failover within about that much of the Sentinels announcing it, for one tiny command.
 const POLL: Duration = Duration::from_millis(500);
 
+/// The shortest pause between two questions to the Sentinels, when nudged (see
+/// [`Sentinel::nudge`]).
+const MIN_GAP: Duration = Duration::from_millis(50);
+
 /// Asks a Sentinel every [`POLL`] whether the master moved, and calls `moved` when it did; ends
 /// when `stop` is cancelled or `moved` returns `false` (the client is gone).
 pub(crate) async fn follow(
@@ -508,6 +520,7 @@ pub(crate) async fn follow(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(POLL) => {}
+            _ = sentinel.nudged.notified() => {}
         }
         let changed = tokio::select! {
             _ = stop.cancelled() => return,
@@ -516,6 +529,9 @@ pub(crate) async fn follow(
         if changed && !moved() {
             return;
         }
+        // However often commands meet a demoted master, the Sentinels are asked at most this
+        // often.
+        tokio::time::sleep(MIN_GAP).await;
     }
 }
 

@@ -176,3 +176,40 @@ async fn bad_replica_settings_send_nothing() {
         "{calls:?}"
     );
 }
+
+/// A node demoted under a plain `redis://` client answers `READONLY`: an acquisition retries it
+/// (reconnecting each time) within its wait, and succeeds once the node is a master again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_node_is_retried_within_the_wait() {
+    let (master, replica) = master_and_replica();
+    let locks = Client::connect(&replica.url()).await.unwrap();
+    let err = locks
+        .lock("demoted")
+        .wait(ms(200))
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Unavailable { source, .. } if source.code() == Some("READONLY")),
+        "{err:?}"
+    );
+    let promote = tokio::spawn(async move {
+        tokio::time::sleep(ms(300)).await;
+        let _: () = redis::cmd("REPLICAOF")
+            .arg("NO")
+            .arg("ONE")
+            .query(&mut replica.connection())
+            .unwrap();
+        replica
+    });
+    let guard = locks
+        .lock("demoted")
+        .wait(Duration::from_secs(5))
+        .acquire()
+        .await
+        .unwrap();
+    guard.release().await.unwrap();
+    let replica = promote.await.unwrap();
+    assert_clean(&replica);
+    drop(master);
+}

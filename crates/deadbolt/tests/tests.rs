@@ -24,7 +24,7 @@ mod interop;
 mod macros;
 /// Mixed fleets: waiters re-check behind peers, and do not poll behind deadbolt holders.
 mod peers;
-/// Replica-synced acquisitions: `WAIT` confirms the lock, too few replicas release it.
+/// Replicas: `WAIT` confirms an acquisition, too few replicas release it; `READONLY` is retried.
 mod replicas;
 /// The scoped form, `Client::with_lock`.
 mod scoped;
