@@ -131,12 +131,15 @@ impl Client {
     /// Measured on loopback: the client had moved within 0.3 s of all three Sentinels
     /// reporting the new master; an attempt already waiting on the dead master's connection
     /// waits out its command timeout first (1 s by default), so a `try_acquire` loop got its
-    /// first lock about 1.0 s after the announcement. A lock that the
-    /// new master has is kept; one that did not reach it before the failover (replication is
-    /// asynchronous) fires its lost signal ([`LockScope::lost`](crate::LockScope::lost)), and
-    /// may meanwhile be granted to another owner: [`LockBuilder::replicas`] narrows that window,
-    /// fencing tokens guard the resource. Until the client has moved, commands that reach the
-    /// demoted master's `READONLY` or a dead address are retried within each acquisition's wait.
+    /// first lock about 1.0 s after the announcement.
+    ///
+    /// A lock that the new master has is kept; one that did not reach it before the failover
+    /// (replication is asynchronous) fires its lost signal
+    /// ([`LockScope::lost`](crate::LockScope::lost)), and may meanwhile be granted to another
+    /// owner: [`LockBuilder::replicas`] narrows that window, fencing tokens guard the resource.
+    /// Until the client has moved, commands that meet the demoted master's `READONLY` or a dead
+    /// address are retried within each acquisition's wait (a `READONLY` also has the Sentinels
+    /// asked at once).
     ///
     /// # Credentials
     ///
@@ -624,5 +627,9 @@ mod tests {
         assert_eq!(redact("pw@host:1"), "***@host:1");
         assert_eq!(redact("redis://pw@h"), "redis://***@h");
         assert_eq!(redact("bob:pw@h:1"), "bob:***@h:1");
+        assert_eq!(
+            redact("redis+sentinel://bob:pw@h:1,h:2/mymaster"),
+            "redis+sentinel://bob:***@h:1,h:2/mymaster"
+        );
     }
 }

@@ -106,8 +106,9 @@ impl<'a> LockBuilder<'a> {
     ///
     /// [`Error::Timeout`] when the wait passes; [`Error::InvalidArgument`] for a bad name or
     /// option (nothing is sent then); [`Error::NotReplicated`] when fewer replicas than asked
-    /// with [`LockBuilder::replicas`] confirmed the lock (it was released again); [`Error::WrongType`] when the lock key holds another type;
-    /// [`Error::Redis`] when Redis fails.
+    /// with [`LockBuilder::replicas`] confirmed the lock (it was released again);
+    /// [`Error::WrongType`] when the lock key holds another type; [`Error::Redis`] when Redis
+    /// fails.
     ///
     /// # Cancel safety
     ///
