@@ -204,3 +204,56 @@ async fn a_client_follows_a_failover() {
         ReleaseOutcome::AlreadyExpired
     );
 }
+
+/// The URL's password is the master's: the Sentinels are asked without one, the master (found
+/// through them) with it; a missing or wrong one is a connect error that does not show it.
+#[tokio::test]
+async fn the_url_password_is_the_masters() {
+    let topology = RedisSentinels::start().unwrap();
+    let set = |server: &RedisServer, args: &[&str]| {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        let _: redis::Value = cmd.query(&mut server.connection()).unwrap();
+    };
+    for sentinel in topology.sentinels() {
+        set(
+            sentinel,
+            &["SENTINEL", "SET", "mymaster", "auth-pass", "s3cret"],
+        );
+    }
+    set(
+        topology.replica(),
+        &["CONFIG", "SET", "masterauth", "s3cret"],
+    );
+    set(
+        topology.replica(),
+        &["CONFIG", "SET", "requirepass", "s3cret"],
+    );
+    set(
+        topology.master(),
+        &["CONFIG", "SET", "requirepass", "s3cret"],
+    );
+
+    let url = sentinel_url(&topology);
+    let with = |password: &str| {
+        url.replacen(
+            "redis+sentinel://",
+            &format!("redis+sentinel://:{password}@"),
+            1,
+        )
+    };
+    let locks = Client::connect(&with("s3cret")).await.unwrap();
+    take_and_release(&locks, "authenticated").await;
+
+    for url in [url.clone(), with("n0tit")] {
+        let err = Client::connect(&url).await.unwrap_err();
+        assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+        let shown = format!("{err} {err:?}");
+        assert!(
+            !shown.contains("n0tit") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+    }
+}
