@@ -126,8 +126,12 @@ impl Conn {
 
     /// Drops the current connection and starts a new one to the source's current address
     /// (connected on first use). Commands in flight on the old one finish or time out on their
-    /// own.
+    /// own. For a Sentinel source, the Sentinels are also asked at once whether the master
+    /// moved: a connection that went silent may be to a master that is gone.
     pub(crate) fn replace(&self) {
+        if let Source::Sentinel(sentinel) = &self.shared.source {
+            sentinel.nudge();
+        }
         self.renew(None);
     }
 
@@ -163,9 +167,6 @@ impl Conn {
             return;
         }
         tracing::debug!("the server answered READONLY: it was demoted; reconnecting");
-        if let Source::Sentinel(sentinel) = &self.shared.source {
-            sentinel.nudge();
-        }
         self.replace();
     }
 

@@ -5,7 +5,8 @@ use deadbolt_testkit::RedisServer;
 
 use crate::util::{assert_clean, ms};
 
-/// A master and a replica of it whose link is up.
+/// A master and a replica of it whose link is up, and that the master counts in `WAIT` (it
+/// does so only once the replica's first acknowledgement came, after the link is up).
 fn master_and_replica() -> (RedisServer, RedisServer) {
     let master = RedisServer::builder()
         .arg("--repl-diskless-sync-delay")
@@ -29,6 +30,20 @@ fn master_and_replica() -> (RedisServer, RedisServer) {
         }
         assert!(Instant::now() < end, "replica not linked: {info}");
         std::thread::sleep(ms(50));
+    }
+    loop {
+        let (_, acked, _): ((), i64, ()) = redis::pipe()
+            .set("warm-up", 1)
+            .cmd("WAIT")
+            .arg(1)
+            .arg(100)
+            .del("warm-up")
+            .query(&mut master.connection())
+            .unwrap();
+        if acked == 1 {
+            break;
+        }
+        assert!(Instant::now() < end, "the master counts no replica in WAIT");
     }
     (master, replica)
 }

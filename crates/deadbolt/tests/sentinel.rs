@@ -117,7 +117,7 @@ async fn a_client_follows_a_failover() {
     // deleted from the replica, as if the failover beat its replication.
     let kept = locks
         .lock("kept")
-        .replicas(1, Duration::from_secs(1))
+        .replicas(1, Duration::from_secs(3))
         .acquire()
         .await
         .unwrap();
