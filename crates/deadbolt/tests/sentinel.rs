@@ -5,6 +5,10 @@ use deadbolt_testkit::{RedisSentinels, RedisServer};
 
 use crate::util::{ms, take_and_release};
 
+/// Held by each test that starts a topology (five servers): one at a time, so that they do not
+/// starve the timing-sensitive tests that run beside them on a 2-core machine.
+static ONE_TOPOLOGY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// `redis+sentinel://` for the kit's Sentinels and master name.
 fn sentinel_url(topology: &RedisSentinels) -> String {
     let hosts: Vec<String> = topology
@@ -28,7 +32,8 @@ fn exists(server: &RedisServer, key: &str) -> bool {
 }
 
 #[tokio::test]
-async fn a_sentinel_url_reaches_the_master() {
+async fn a_sentinel_url_reaches_the_master_and_an_unknown_name_is_a_typed_error() {
+    let _one = ONE_TOPOLOGY.lock().await;
     let topology = RedisSentinels::start().unwrap();
     let locks = Client::connect(&sentinel_url(&topology)).await.unwrap();
     let guard = locks.lock("via-sentinel").try_acquire().await.unwrap();
@@ -47,11 +52,7 @@ async fn a_sentinel_url_reaches_the_master() {
         sentinel_url(&topology).replacen("redis+sentinel://", "redis+sentinel://127.0.0.1:1,", 1);
     let locks = Client::connect(&url).await.unwrap();
     take_and_release(&locks, "skipping").await;
-}
 
-#[tokio::test]
-async fn an_unknown_master_name_is_a_typed_error() {
-    let topology = RedisSentinels::start().unwrap();
     let url = sentinel_url(&topology).replace("/mymaster", "/nosuchmaster");
     let err = Client::connect(&url).await.unwrap_err();
     assert!(
@@ -108,6 +109,7 @@ async fn fail_over(topology: RedisSentinels) -> (RedisSentinels, Instant) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_follows_a_failover() {
+    let _one = ONE_TOPOLOGY.lock().await;
     let topology = RedisSentinels::start().unwrap();
     let url = sentinel_url(&topology);
     let locks = Client::connect(&url).await.unwrap();
@@ -209,6 +211,7 @@ async fn a_client_follows_a_failover() {
 /// through them) with it; a missing or wrong one is a connect error that does not show it.
 #[tokio::test]
 async fn the_url_password_is_the_masters() {
+    let _one = ONE_TOPOLOGY.lock().await;
     let topology = RedisSentinels::start().unwrap();
     let set = |server: &RedisServer, args: &[&str]| {
         let mut cmd = redis::cmd(args[0]);
