@@ -269,6 +269,7 @@ mod tests {
             "rediss://:pw@h:1",
             "unix:///run/redis.sock",
             "redis+unix:///run/redis.sock",
+            "redis+sentinel://:pw@h1:26379,h2:26379/mymaster",
             "REDIS://h",
         ] {
             assert!(resolve(Some(url)).is_ok(), "{url}");
