@@ -19,13 +19,14 @@ pub(crate) const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The URL schemes deadbolt takes.
-const SCHEMES: [&str; 4] = ["redis", "rediss", "unix", "redis+unix"];
+const SCHEMES: [&str; 5] = ["redis", "rediss", "unix", "redis+unix", "redis+sentinel"];
 
 /// Where the shared Redis server is (`run`, `status`).
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct RedisArgs {
-    /// Redis URL: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], rediss://… for TLS, or
-    /// unix:///PATH [default: redis://127.0.0.1:6379, as redis-cli]
+    /// Redis URL: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], rediss://… for TLS,
+    /// unix:///PATH, or redis+sentinel://HOST:PORT[,HOST:PORT…]/MASTER_NAME[/DB] for a master
+    /// managed by Redis Sentinel [default: redis://127.0.0.1:6379, as redis-cli]
     #[arg(
         long,
         env = "DEADBOLT_REDIS_URL",
@@ -185,7 +186,8 @@ fn scheme(url: &str) -> Option<&str> {
 
 /// Refuses a URL whose scheme deadbolt does not take, showing it as typed (password hidden).
 fn check_url(url: &str) -> anyhow::Result<()> {
-    let valid = "use redis://HOST[:PORT], rediss://HOST[:PORT] (TLS) or unix:///PATH";
+    let valid = "use redis://HOST[:PORT], rediss://HOST[:PORT] (TLS), unix:///PATH or \
+                 redis+sentinel://HOST:PORT[,HOST:PORT…]/MASTER_NAME";
     match scheme(url) {
         Some(s) if SCHEMES.iter().any(|known| s.eq_ignore_ascii_case(known)) => Ok(()),
         Some(s) => Err(usage(format!(
@@ -267,6 +269,7 @@ mod tests {
             "rediss://:pw@h:1",
             "unix:///run/redis.sock",
             "redis+unix:///run/redis.sock",
+            "redis+sentinel://:pw@h1:26379,h2:26379/mymaster",
             "REDIS://h",
         ] {
             assert!(resolve(Some(url)).is_ok(), "{url}");

@@ -11,6 +11,11 @@
 //! Replacing is cheap (the new manager connects lazily, on the next command) and safe: lock
 //! scripts are idempotent per owner token, so a command lost with the old connection is retried
 //! or cleaned up like any command whose reply timed out.
+//!
+//! A connection is made from a [`Source`]: a fixed address, or a master found through Sentinels
+//! (see `sentinel.rs`). A replacement asks the source for the current address, so after the
+//! Sentinels moved the master it reaches the new one; and a `Conn` whose source moved since it
+//! was made replaces itself on next use.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -18,6 +23,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+use crate::sentinel::Sentinel;
 
 /// A connection to the servers of a [`Client`](crate::Client), for commands of your own: one
 /// server's (it reconnects by itself), or a Redis Cluster's (it routes each command by its key
@@ -88,6 +95,33 @@ impl Connection {
     }
 }
 
+/// Where a connection goes.
+#[derive(Clone, Debug)]
+pub(crate) enum Source {
+    /// Always the same address.
+    Fixed(Box<redis::Client>),
+    /// The current master of a Sentinel-managed deployment.
+    Sentinel(Arc<Sentinel>),
+}
+
+impl Source {
+    /// A client for the address to connect to now.
+    pub(crate) fn client(&self) -> redis::Client {
+        match self {
+            Source::Fixed(client) => (**client).clone(),
+            Source::Sentinel(sentinel) => sentinel.client(),
+        }
+    }
+
+    /// Bumped whenever the address changes (a failover).
+    fn generation(&self) -> u64 {
+        match self {
+            Source::Fixed(_) => 0,
+            Source::Sentinel(sentinel) => sentinel.generation(),
+        }
+    }
+}
+
 /// A replaceable connection. Clones share it.
 #[derive(Clone)]
 pub(crate) struct Conn {
@@ -95,9 +129,10 @@ pub(crate) struct Conn {
 }
 
 struct Shared {
-    current: RwLock<Connection>,
+    /// The connection, and the source generation it was made at.
+    current: RwLock<(Connection, u64)>,
     /// How to make a new one; `None` for a Cluster connection, which repairs itself.
-    source: Option<(redis::Client, ConnectionManagerConfig)>,
+    source: Option<(Source, ConnectionManagerConfig)>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -109,68 +144,118 @@ impl std::fmt::Debug for Conn {
 impl Conn {
     /// Connects (waiting for the first connection), so a wrong address fails here.
     pub(crate) async fn connect(
-        client: redis::Client,
+        source: Source,
         config: ConnectionManagerConfig,
     ) -> redis::RedisResult<Conn> {
-        let manager = ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
-        Ok(Conn {
-            shared: Arc::new(Shared {
-                current: RwLock::new(Connection(Kind::Server(manager))),
-                source: Some((client, config)),
-            }),
-        })
+        let generation = source.generation();
+        let manager = ConnectionManager::new_with_config(source.client(), config.clone()).await?;
+        Ok(Conn::wrap(manager, generation, source, config))
     }
 
-    /// A connection made on first use (a server that did not answer at connect time).
+    /// Like [`Conn::connect`], but connects on first use: for a server that did not answer at
+    /// connect time, or a connection that may never be needed (replica-synced acquisitions).
     pub(crate) fn lazy(
-        client: redis::Client,
+        source: Source,
         config: ConnectionManagerConfig,
     ) -> redis::RedisResult<Conn> {
-        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
-        Ok(Conn {
+        let generation = source.generation();
+        let manager = ConnectionManager::new_lazy_with_config(source.client(), config.clone())?;
+        Ok(Conn::wrap(manager, generation, source, config))
+    }
+
+    fn wrap(
+        manager: ConnectionManager,
+        generation: u64,
+        source: Source,
+        config: ConnectionManagerConfig,
+    ) -> Conn {
+        Conn {
             shared: Arc::new(Shared {
-                current: RwLock::new(Connection(Kind::Server(manager))),
-                source: Some((client, config)),
+                current: RwLock::new((Connection(Kind::Server(manager)), generation)),
+                source: Some((source, config)),
             }),
-        })
+        }
     }
 
     /// Wraps a Redis Cluster connection.
     pub(crate) fn cluster(conn: ClusterConnection) -> Conn {
         Conn {
             shared: Arc::new(Shared {
-                current: RwLock::new(Connection(Kind::Cluster(conn))),
+                current: RwLock::new((Connection(Kind::Cluster(conn)), 0)),
                 source: None,
             }),
         }
     }
 
-    /// The connection to send commands on (a cheap clone).
+    /// The connection to send commands on (a cheap clone). If the source moved since the
+    /// connection was made (a Sentinel failover), a new one for the current address replaces it
+    /// first.
     pub(crate) fn get(&self) -> Connection {
-        self.shared
-            .current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        let generation = self.generation();
+        {
+            let current = self
+                .shared
+                .current
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            if current.1 == generation {
+                return current.0.clone();
+            }
+        }
+        self.renew(Some(generation))
     }
 
-    /// Drops the current connection and starts a new one (connected on first use). Commands in
-    /// flight on the old one finish or time out on their own.
+    fn generation(&self) -> u64 {
+        self.shared
+            .source
+            .as_ref()
+            .map_or(0, |(source, _)| source.generation())
+    }
+
+    /// Drops the current connection and starts a new one to the source's current address
+    /// (connected on first use). Commands in flight on the old one finish or time out on their
+    /// own. For a Sentinel source, the Sentinels are also asked at once whether the master
+    /// moved: a connection that went silent may be to a master that is gone.
     pub(crate) fn replace(&self) {
-        let Some((client, config)) = &self.shared.source else {
-            return;
+        if let Some((Source::Sentinel(sentinel), _)) = &self.shared.source {
+            sentinel.nudge();
+        }
+        self.renew(None);
+    }
+
+    /// Replaces the connection, unless `stale` is given and it was already renewed for that
+    /// generation by another caller. Returns the connection in place afterwards.
+    fn renew(&self, stale: Option<u64>) -> Connection {
+        let mut current = self
+            .shared
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some((source, config)) = &self.shared.source else {
+            return current.0.clone();
         };
-        match ConnectionManager::new_lazy_with_config(client.clone(), config.clone()) {
-            Ok(fresh) => {
-                *self
-                    .shared
-                    .current
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner()) = Connection(Kind::Server(fresh));
-            }
+        let generation = source.generation();
+        if stale.is_some_and(|g| current.1 == g) {
+            return current.0.clone();
+        }
+        match ConnectionManager::new_lazy_with_config(source.client(), config.clone()) {
+            Ok(fresh) => *current = (Connection(Kind::Server(fresh)), generation),
             // Only possible for configurations `connect` already accepted; keep the old one.
             Err(err) => tracing::warn!(error = %err, "cannot make a new connection"),
         }
+        current.0.clone()
+    }
+
+    /// Reacts to an error of a command sent on this connection: `READONLY` means the node was
+    /// demoted (a failover). The connection is replaced, which reaches the new master when the
+    /// address is a DNS name or proxy that moved; for a Sentinel source, the Sentinels are
+    /// asked at once instead of at the next poll.
+    pub(crate) fn saw_error(&self, err: &redis::RedisError) {
+        if err.code() != Some("READONLY") {
+            return;
+        }
+        tracing::debug!("the server answered READONLY: it was demoted; reconnecting");
+        self.replace();
     }
 
     /// Whether the server answers a `PING` within `limit`.

@@ -17,6 +17,7 @@ use crate::key::fence_key;
 use crate::node::Node;
 use crate::options::drift;
 use crate::place::{Placement, quorum};
+use crate::replicas::Replicas;
 use crate::scripts::{self, ACQUIRE, FENCE_QUORUM, MINT, RENEW};
 use crate::token::{Holder, holder_of};
 
@@ -26,6 +27,8 @@ pub(crate) enum Attempt {
     Acquired {
         /// Minted with the acquisition (fenced), or `None` to mint on first use.
         fence: Option<u64>,
+        /// How many replicas `WAIT` counted, for a replica-synced acquisition.
+        replicas: Option<u32>,
     },
     Held(Holder),
 }
@@ -69,19 +72,24 @@ pub(crate) fn node_timeout(lease: Duration, command_timeout: Duration) -> Durati
         .min(command_timeout)
 }
 
-/// One try on one node, bounded by `limit`: `SET key token NX PX lease GET`, or `acquire.lua`
-/// when `fence_ttl` is given (a fenced acquisition). A retry after an unknown outcome uses the
-/// same token, which the node then recognizes as ours.
+/// One try on one node, bounded by `limit` (plus the replica timeout): `SET key token NX PX
+/// lease GET`, or `acquire.lua` when `fence_ttl` is given (a fenced acquisition). A retry after an
+/// unknown outcome uses the same token, which the node then recognizes as ours.
+///
+/// Replica-synced (`replicas`), the write goes pipelined with a `WAIT` on the node's connection
+/// for that (see `replicas.rs`), and the reply says how many replicas confirmed.
 pub(crate) async fn attempt_on(
     node: &Node,
     key: &str,
     token: &str,
     lease: Duration,
     fence_ttl: Option<Duration>,
+    replicas: Option<Replicas>,
     limit: Duration,
 ) -> Result<Attempt> {
     let mut conn = node.conn.get();
     let attempt = async {
+        let mut confirmed = None;
         if let Some(fence_ttl) = fence_ttl {
             let mut call = ACQUIRE.call(2);
             call.arg(key)
@@ -90,7 +98,14 @@ pub(crate) async fn attempt_on(
                 .arg(lease.as_millis() as u64)
                 .arg(fence_ttl.as_millis() as u64);
             // {1, fence} or {0, pttl, holder}. The whole attempt is bounded below.
-            let reply: Vec<redis::Value> = ACQUIRE.run(&call, &mut conn, None).await?;
+            let reply: Vec<redis::Value> = match (replicas, &node.replicated) {
+                (Some(r), Some(sync)) => {
+                    let (reply, n) = crate::replicas::send(sync, &call, Some(&ACQUIRE), r).await?;
+                    confirmed = Some(n);
+                    redis::FromRedisValue::from_redis_value(reply)?
+                }
+                _ => ACQUIRE.run(&call, &mut conn, None).await?,
+            };
             let int = |i: usize| match reply.get(i) {
                 Some(redis::Value::Int(n)) => *n,
                 _ => -2,
@@ -98,6 +113,7 @@ pub(crate) async fn attempt_on(
             return Ok(if int(0) == 1 {
                 Attempt::Acquired {
                     fence: Some(int(1) as u64),
+                    replicas: confirmed,
                 }
             } else {
                 let holder = match reply.get(2) {
@@ -108,19 +124,29 @@ pub(crate) async fn attempt_on(
             });
         }
         // Nil: set, the lock is ours. A value: the holder's token, left alone (NX).
-        let previous: Option<String> = redis::cmd("SET")
-            .arg(key)
+        let mut set = redis::cmd("SET");
+        set.arg(key)
             .arg(token)
             .arg("NX")
             .arg("PX")
             .arg(lease.as_millis() as u64)
-            .arg("GET")
-            .query_async(&mut conn)
-            .await?;
+            .arg("GET");
+        let previous: Option<String> = match (replicas, &node.replicated) {
+            (Some(r), Some(sync)) => {
+                let (reply, n) = crate::replicas::send(sync, &set, None, r).await?;
+                confirmed = Some(n);
+                redis::FromRedisValue::from_redis_value(reply)?
+            }
+            _ => set.query_async(&mut conn).await?,
+        };
+        let acquired = Attempt::Acquired {
+            fence: None,
+            replicas: confirmed,
+        };
         Ok(match previous {
-            None => Attempt::Acquired { fence: None },
+            None => acquired,
             // A retry after an ambiguous outcome: the earlier try landed.
-            Some(holder) if holder == token => Attempt::Acquired { fence: None },
+            Some(holder) if holder == token => acquired,
             Some(holder) => match holder_of(Some(&holder), 0) {
                 Holder::Peer { .. } => {
                     let pttl: i64 = conn.pttl(key).await?;
@@ -130,10 +156,15 @@ pub(crate) async fn attempt_on(
             },
         })
     };
+    let limit = limit + replicas.map_or(Duration::ZERO, |r| r.timeout);
     match timeout(limit, attempt).await {
         Err(_) => Err(Error::no_reply()),
         Ok(Ok(attempt)) => Ok(attempt),
-        Ok(Err(err)) if is_transient(&err) => Err(Error::Redis(err)),
+        Ok(Err(err)) if is_transient(&err) => {
+            // `READONLY` means the node was demoted by a failover (see `conn.rs`).
+            node.conn.saw_error(&err);
+            Err(Error::Redis(err))
+        }
         // Redis refused the command (say WRONGTYPE): nothing was written.
         Ok(Err(err)) => Err(Error::from_redis(err, key)),
     }
@@ -158,7 +189,7 @@ pub(crate) async fn attempt_quorum(
     let replies = join_all(
         nodes
             .iter()
-            .map(|node| attempt_on(node, key, token, lease, None, limit)),
+            .map(|node| attempt_on(node, key, token, lease, None, None, limit)),
     )
     .await;
     let needed = quorum(nodes.len());
@@ -167,7 +198,11 @@ pub(crate) async fn attempt_quorum(
         .filter(|r| matches!(r, Ok(Attempt::Acquired { .. })))
         .count();
     if won >= needed && Instant::now() + drift(lease) < sent + lease {
-        return (Ok(Attempt::Acquired { fence: None }), true);
+        let acquired = Attempt::Acquired {
+            fence: None,
+            replicas: None,
+        };
+        return (Ok(acquired), true);
     }
     // Give back what we may hold: every node but those another owner holds.
     let mine: Vec<&Node> = nodes

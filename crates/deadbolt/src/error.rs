@@ -94,6 +94,26 @@ pub enum Error {
         nodes: Vec<NodeOutcome>,
     },
 
+    /// No Sentinel that answered knows a master by this name (`redis+sentinel://…/NAME`).
+    #[error("no sentinel knows a master named `{name}`")]
+    UnknownMaster {
+        /// The master name the URL gave.
+        name: String,
+    },
+
+    /// A lock taken with [`LockBuilder::replicas`](crate::LockBuilder::replicas) reached fewer
+    /// replicas than asked within the timeout. The lock was released again (nothing of it is
+    /// left on the master); a replica that did get it loses it with the release.
+    #[error("lock `{name}` reached {confirmed} of {wanted} replicas in time")]
+    NotReplicated {
+        /// The lock name.
+        name: String,
+        /// How many replicas were asked for.
+        wanted: u32,
+        /// How many confirmed within the timeout.
+        confirmed: u32,
+    },
+
     /// A Redis command failed or timed out. When a command times out, Redis may still have run
     /// it; the lock's scripts are written so that retrying or releasing stays correct.
     #[error("redis command failed")]
@@ -249,7 +269,9 @@ pub(crate) fn is_transient(e: &redis::RedisError) -> bool {
         || e.is_connection_refusal()
         || matches!(
             e.code(),
-            Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN")
+            // READONLY: a master demoted by a failover; the client follows the new one (see
+            // `sentinel.rs`), so a retry reaches it.
+            Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY")
         )
 }
 

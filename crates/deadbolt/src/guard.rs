@@ -54,12 +54,20 @@ pub struct LockGuard {
 impl LockGuard {
     pub(crate) fn new(client: Client, held: Arc<Held>, id: u64, lease: Lease) -> LockGuard {
         LockGuard {
-            scope: LockScope { held },
+            scope: LockScope {
+                held,
+                replicas: None,
+            },
             client,
             id,
             lease,
             released: false,
         }
+    }
+
+    /// Records how many replicas confirmed the acquisition (see `replicas.rs`).
+    pub(crate) fn set_replicas(&mut self, confirmed: Option<u32>) {
+        self.scope.replicas = confirmed;
     }
 
     /// What the critical section may see of the lock, without the power to release it.

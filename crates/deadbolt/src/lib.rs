@@ -58,6 +58,11 @@
 //! - Mutual exclusion holds while the Redis server keeps its data and its clock runs at a sane
 //!   rate. A failover to a replica that had not yet received the lock (replication is
 //!   asynchronous) can hand the lock to a second owner; a restart without persistence likewise.
+//!   A client of a Sentinel-managed master ([`Client::sentinel`]) follows a failover by itself
+//!   and checks every held lock on the new master: one it lacks fires [`LockScope::lost`].
+//!   [`LockBuilder::replicas`] has each acquisition confirmed by `WAIT` on replicas first, which
+//!   narrows the window without closing it (a replica that acknowledged may still not be the
+//!   one promoted).
 //! - Leases expire by the *server's* wall clock: a clock jump forward on the server shortens
 //!   every lease.
 //! - A holder can pause (GC, swap, SIGSTOP) past its lease and keep working unaware. The lost
@@ -105,8 +110,10 @@ mod node;
 mod options;
 mod place;
 mod queue;
+mod replicas;
 mod scope;
 mod scripts;
+mod sentinel;
 #[cfg(feature = "tls")]
 mod tls;
 mod token;
@@ -122,6 +129,7 @@ pub use mutex::LockBuilder;
 pub use options::{
     DEFAULT_WAIT, DEFAULT_WATCHDOG_LEASE, Lease, LockOptions, MAX_LEASE, MAX_WAIT, MIN_LEASE,
 };
+pub use replicas::{MAX_REPLICA_WAIT, MAX_REPLICAS};
 pub use scope::LockScope;
 
 #[cfg(feature = "macros")]

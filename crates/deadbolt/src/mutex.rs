@@ -19,6 +19,7 @@ use crate::key::{channel, lock_key, validate_name};
 use crate::options::{Lease, LockOptions, drift};
 use crate::place::Placement;
 use crate::queue::Ticket;
+use crate::replicas::Replicas;
 use crate::token::{Holder, new_token};
 
 /// Options for one acquisition of lock `name`, from [`Client::lock`].
@@ -39,6 +40,8 @@ pub struct LockBuilder<'a> {
     name: String,
     options: LockOptions,
     fenced: bool,
+    /// Replica confirmation (`WAIT`), see `replicas.rs`.
+    pub(crate) replicas: Option<crate::replicas::Replicas>,
 }
 
 impl<'a> LockBuilder<'a> {
@@ -48,6 +51,7 @@ impl<'a> LockBuilder<'a> {
             name,
             options: LockOptions::default(),
             fenced: false,
+            replicas: None,
         }
     }
 
@@ -182,10 +186,21 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
         name,
         options,
         fenced,
+        replicas,
     } = builder;
     validate_name(&name)?;
     options.validate()?;
     let inner = &client.inner;
+    let place = inner.place(&name);
+    if let Some(r) = &replicas {
+        r.validate()?;
+        if place == Placement::Quorum || inner.nodes[0].cluster {
+            return Err(Error::invalid(
+                "replicas",
+                "WAIT needs a single master (one server, Sentinel or sharded), not Redlock or a Cluster",
+            ));
+        }
+    }
     let start = Instant::now();
     let deadline = start
         + if try_only {
@@ -210,7 +225,6 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
     };
 
     let lease = options.lease.duration();
-    let place = inner.place(&name);
     let mut pending = Pending {
         inner: inner.clone(),
         place,
@@ -253,8 +267,16 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
         let mut released = pin!(any_notified(&notifies));
         released.as_mut().enable();
         let sent = Instant::now();
-        let holder = match pending.attempt(&name, lease, fenced).await {
-            Ok(Attempt::Acquired { fence }) => {
+        let holder = match pending.attempt(&name, lease, fenced, replicas).await {
+            Ok(Attempt::Acquired {
+                fence,
+                replicas: confirmed,
+            }) => {
+                // Replica-synced: too few replicas confirmed, so the lock is given back.
+                if let Some(err) = crate::replicas::shortfall(&name, replicas, confirmed) {
+                    pending.clean_up(inner.command_timeout).await;
+                    return Err(err);
+                }
                 pending.armed = false;
                 let taken = Taken {
                     name,
@@ -264,7 +286,8 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
                     fence,
                     sent,
                 };
-                let guard = adopt(client, taken, options.lease, ticket);
+                let mut guard = adopt(client, taken, options.lease, ticket);
+                guard.set_replicas(confirmed);
                 tracing::debug!(lock = %guard.name(), waited_us = start.elapsed().as_micros() as u64, "acquired");
                 if fenced && place == Placement::Quorum {
                     // A quorum's token takes two fan-outs of its own (see `engine::mint`): mint
@@ -474,7 +497,13 @@ impl Pending {
     /// One try, bounded by the command timeout (on a quorum, by the node timeout). After a
     /// failure of the connection the outcome is unknown; the next try uses the same token, which
     /// Redis then recognizes as ours.
-    async fn attempt(&mut self, name: &str, lease: Duration, fenced: bool) -> Result<Attempt> {
+    async fn attempt(
+        &mut self,
+        name: &str,
+        lease: Duration,
+        fenced: bool,
+        replicas: Option<Replicas>,
+    ) -> Result<Attempt> {
         self.armed = true;
         let inner = &self.inner;
         match self.place {
@@ -482,8 +511,9 @@ impl Pending {
                 let fence_ttl = fenced.then_some(inner.fence_ttl);
                 let node = &inner.nodes[i];
                 let limit = inner.command_timeout;
+                let (key, token) = (&self.key, &self.token);
                 let attempt =
-                    engine::attempt_on(node, &self.key, &self.token, lease, fence_ttl, limit).await;
+                    engine::attempt_on(node, key, token, lease, fence_ttl, replicas, limit).await;
                 if !matches!(attempt, Err(ref e) if e.is_transient()) {
                     // Held, or refused by Redis: nothing of ours was written.
                     self.armed = matches!(attempt, Ok(Attempt::Acquired { .. }));

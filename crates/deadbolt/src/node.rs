@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::client::redact_url;
-use crate::conn::{Conn, PingOutcome, tcp_settings};
+use crate::conn::{Conn, PingOutcome, Source, tcp_settings};
 use crate::error::{Error, Result};
 use crate::key::LockKeys;
 use crate::waiters::Waiters;
@@ -35,6 +35,9 @@ pub(crate) struct Settings {
 #[derive(Debug)]
 pub(crate) struct Node {
     pub(crate) conn: Conn,
+    /// The connection for replica-synced acquisitions, which `WAIT` blocks (see
+    /// `replicas.rs`); connected on first use. `None` on a Cluster.
+    pub(crate) replicated: Option<Conn>,
     pub(crate) waiters: Arc<Waiters>,
     /// The server address, without credentials, for errors. For a Cluster, its first seed node.
     pub(crate) addr: String,
@@ -59,20 +62,30 @@ impl Node {
         {
             crate::tls::ensure_crypto_provider();
         }
-        let info = parse_url(url)?;
-        let addr = info.addr().to_string();
-        let redis_settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let info = info
-            .set_redis_settings(redis_settings)
-            .set_tcp_settings(tcp_settings());
-        #[cfg(feature = "tls")]
-        let client = crate::tls::open_client(info, settings.tls_root_cert.clone())?;
-        #[cfg(not(feature = "tls"))]
-        let client =
-            redis::Client::open(info).map_err(|e| Error::invalid("redis url", e.to_string()))?;
+        let (source, addr, sentinel) = if crate::sentinel::is_sentinel_url(url) {
+            // The master is found through the Sentinels (see `sentinel.rs`).
+            #[cfg(feature = "tls")]
+            if settings.tls_root_cert.is_some() {
+                return Err(Error::invalid(
+                    "tls root certificate",
+                    "one is set, but redis+sentinel:// connects without TLS",
+                ));
+            }
+            let parsed = crate::sentinel::parse(url)?;
+            let sentinel = crate::sentinel::Sentinel::resolve(
+                &parsed,
+                tcp_settings(),
+                settings.connect_timeout,
+                settings.command_timeout,
+            )
+            .await?;
+            let addr = sentinel.describe();
+            (Source::Sentinel(sentinel.clone()), addr, Some(sentinel))
+        } else {
+            let (client, addr) = open(url, settings)?;
+            (Source::Fixed(Box::new(client)), addr, None)
+        };
+        let client = source.client();
         let connect_err = |source| Error::Connect {
             addr: addr.clone(),
             source,
@@ -108,12 +121,13 @@ impl Node {
         drop(conn);
 
         let config = manager_config(settings);
-        let conn = Conn::connect(client.clone(), config.clone())
+        let conn = Conn::connect(source.clone(), config.clone())
             .await
             .map_err(connect_err)?;
+        let replicated = Conn::lazy(source.clone(), config.clone()).map_err(connect_err)?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let pubsub = Conn::connect(
-            client,
+            source,
             config.set_push_sender(tx).set_automatic_resubscription(),
         )
         .await
@@ -141,12 +155,28 @@ impl Node {
             waiters.clone(),
             addr.clone(),
             settings.command_timeout,
-            disconnected,
+            disconnected.clone(),
             stop.clone(),
         ));
+        if let Some(sentinel) = sentinel {
+            // A task of its own asks whether the master moved (see `sentinel.rs`); then both
+            // connections go to the new one, subscriptions are renewed there, and every held
+            // lock is checked at once: a lock the new master lacks is lost.
+            let (commands, waiters, disconnected) =
+                (conn.clone(), waiters.clone(), disconnected.clone());
+            let moved = move || {
+                commands.replace();
+                waiters.conn().replace();
+                waiters.resubscribe_all();
+                disconnected.notify_one();
+                true
+            };
+            tokio::spawn(crate::sentinel::follow(sentinel, moved, stop.clone()));
+        }
         tracing::debug!(%addr, "connected");
         Ok(Node {
             conn,
+            replicated: Some(replicated),
             waiters,
             addr,
             cluster: false,
@@ -217,6 +247,7 @@ impl Node {
         tracing::debug!(%addr, "connected to a redis cluster");
         Ok(Node {
             conn: Conn::cluster(conn),
+            replicated: None,
             waiters,
             addr,
             cluster: true,
@@ -232,29 +263,18 @@ impl Node {
         settings: &Settings,
         disconnected: Arc<Notify>,
     ) -> Result<Node> {
-        let info = parse_url(url)?;
-        let addr = info.addr().to_string();
-        let redis_settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let info = info
-            .set_redis_settings(redis_settings)
-            .set_tcp_settings(tcp_settings());
-        #[cfg(feature = "tls")]
-        let client = crate::tls::open_client(info, settings.tls_root_cert.clone())?;
-        #[cfg(not(feature = "tls"))]
-        let client =
-            redis::Client::open(info).map_err(|e| Error::invalid("redis url", e.to_string()))?;
+        let (client, addr) = open(url, settings)?;
+        let source = Source::Fixed(Box::new(client));
         let config = manager_config(settings);
         let lazy_err = |source| Error::Connect {
             addr: addr.clone(),
             source,
         };
-        let conn = Conn::lazy(client.clone(), config.clone()).map_err(lazy_err)?;
+        let conn = Conn::lazy(source.clone(), config.clone()).map_err(lazy_err)?;
+        let replicated = Conn::lazy(source.clone(), config.clone()).map_err(lazy_err)?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let pubsub = Conn::lazy(
-            client,
+            source,
             config.set_push_sender(tx).set_automatic_resubscription(),
         )
         .map_err(lazy_err)?;
@@ -275,6 +295,7 @@ impl Node {
         ));
         Ok(Node {
             conn,
+            replicated: Some(replicated),
             waiters,
             addr,
             cluster: false,
@@ -294,6 +315,27 @@ impl Node {
             other => other,
         }
     }
+}
+
+/// A client for the server at `url` (not a Sentinel URL), and its address for errors.
+fn open(url: &str, settings: &Settings) -> Result<(redis::Client, String)> {
+    let info = parse_url(url)?;
+    let addr = info.addr().to_string();
+    let redis_settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    let info = info
+        .set_redis_settings(redis_settings)
+        .set_tcp_settings(tcp_settings());
+    #[cfg(feature = "tls")]
+    let client = crate::tls::open_client(info, settings.tls_root_cert.clone())?;
+    #[cfg(not(feature = "tls"))]
+    let client = {
+        let _ = settings;
+        redis::Client::open(info).map_err(|e| Error::invalid("redis url", e.to_string()))?
+    };
+    Ok((client, addr))
 }
 
 /// How every connection manager of a node is set up.
@@ -391,8 +433,9 @@ pub(crate) fn parse_url(url: &str) -> Result<ConnectionInfo> {
             "rediss:// (TLS) needs deadbolt's `tls` feature",
         ));
     }
-    const SCHEMES: &str = "redis://[USER][:PASSWORD@]HOST[:PORT][/DB], rediss:// (TLS) or \
-                           unix:///PATH/TO/SOCKET";
+    const SCHEMES: &str = "redis://[USER][:PASSWORD@]HOST[:PORT][/DB], rediss:// (TLS), \
+                           unix:///PATH/TO/SOCKET or \
+                           redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT…]/MASTER_NAME[/DB]";
     if !["redis://", "rediss://", "unix://", "redis+unix://"]
         .iter()
         .any(|s| url.starts_with(s))

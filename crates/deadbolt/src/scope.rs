@@ -18,6 +18,8 @@ use crate::options::LockOptions;
 #[derive(Debug, Clone)]
 pub struct LockScope {
     pub(crate) held: Arc<Held>,
+    /// How many replicas confirmed the acquisition (see `replicas.rs`).
+    pub(crate) replicas: Option<u32>,
 }
 
 impl LockScope {

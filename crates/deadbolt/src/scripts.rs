@@ -45,18 +45,23 @@ impl Lua {
     ) -> RedisResult<T> {
         match bounded(limit, call.query_async(conn)).await {
             Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                let mut eval = redis::cmd("EVAL");
-                eval.arg(self.code);
-                // Everything after `EVALSHA <sha>`: the key count, keys and arguments.
-                for arg in call.args_iter().skip(2) {
-                    if let Arg::Simple(bytes) = arg {
-                        eval.arg(bytes);
-                    }
-                }
-                bounded(limit, eval.query_async(conn)).await
+                bounded(limit, self.eval(call).query_async(conn)).await
             }
             reply => reply,
         }
+    }
+
+    /// The `EVAL` form of `call` (from [`Lua::call`]), for a server that lacks the script.
+    pub(crate) fn eval(&self, call: &Cmd) -> Cmd {
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(self.code);
+        // Everything after `EVALSHA <sha>`: the key count, keys and arguments.
+        for arg in call.args_iter().skip(2) {
+            if let Arg::Simple(bytes) = arg {
+                eval.arg(bytes);
+            }
+        }
+        eval
     }
 }
 

@@ -101,20 +101,24 @@ fn assert_within(what: &str, mut latencies: Vec<Duration>, bound: Duration) {
 }
 
 /// A peer holding the key with `SET NX PX 10000` publishes nothing when it releases: the waiter
-/// re-checks every ~50 ms and has the lock within 100 ms of the delete, not at the end of the
-/// 10 s TTL it saw.
+/// re-checks every ~50 ms and has the lock soon after the delete (p50 and p99 are printed; the
+/// bound leaves room for a loaded machine), not at the end of the 10 s TTL it saw.
 #[tokio::test]
-async fn a_waiter_gets_a_lock_within_100ms_of_a_peer_release() {
+async fn a_waiter_gets_a_lock_soon_after_a_peer_release() {
     let latencies = waits_after_peer_releases(true).await;
-    assert_within("peer with PX 10000", latencies, ms(100));
+    assert_within("peer with PX 10000", latencies, RECHECK_BOUND);
 }
+
+/// Far below the peer's TTL and the waiter's 5 s wait, far above the 50 ms re-check: a waiter
+/// that waited for the TTL instead of re-checking fails it, a busy machine does not.
+const RECHECK_BOUND: Duration = Duration::from_millis(500);
 
 /// A peer holding the key with no TTL at all (redis-py's default): the same re-checks, the same
 /// bound, although no TTL limits the wait.
 #[tokio::test]
-async fn a_waiter_gets_a_lock_within_100ms_of_a_release_by_a_peer_without_ttl() {
+async fn a_waiter_gets_a_lock_soon_after_a_release_by_a_peer_without_ttl() {
     let latencies = waits_after_peer_releases(false).await;
-    assert_within("peer without TTL", latencies, ms(100));
+    assert_within("peer without TTL", latencies, RECHECK_BOUND);
 }
 
 /// Commands Redis saw from both clients over `window`, leaving out the test's own (`CONFIG`,

@@ -30,8 +30,12 @@ mod multi;
 mod peers;
 /// Redlock over independent masters: quorum, node failures, per-node errors, fencing.
 mod redlock;
+/// Replicas: `WAIT` confirms an acquisition, too few replicas release it; `READONLY` is retried.
+mod replicas;
 /// The scoped form, `Client::with_lock`.
 mod scoped;
+/// Redis Sentinel: `redis+sentinel://`, unknown masters, following a failover.
+mod sentinel;
 /// Locks spread over independent nodes by name.
 mod sharded;
 /// `rediss://`: a private CA, untrusted certificates, TLS to a plain server (`tls` feature).
