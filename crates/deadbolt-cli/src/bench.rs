@@ -257,7 +257,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     // One plain connection first, so an unreachable Redis or a wrong password fails at once, and
     // with the same message as every other command, rather than after the reconnect back-off of
     // the bench's own connections.
-    let probe = target.redis.client(PREFIX).await?;
+    let probe = target.redis().client(PREFIX).await?;
     let mut bench = Bench::connect(target.url(), &plan, private).await?;
     drop(probe);
     let outcome = tokio::select! {

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use deadbolt::{Client, ClientBuilder, redact_url as redact};
-use redis::ErrorKind;
+use redis::{ErrorKind, IntoConnectionInfo as _};
 
 use crate::exit::usage;
 
@@ -21,28 +21,219 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// The URL schemes deadbolt takes.
 const SCHEMES: [&str; 4] = ["redis", "rediss", "unix", "redis+unix"];
 
-/// Where the shared Redis server is (`run`, `status`).
+/// Where the shared Redis servers are (`run`, `status`).
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct RedisArgs {
     /// Redis URL: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], rediss://… for TLS, or
-    /// unix:///PATH [default: redis://127.0.0.1:6379, as redis-cli]
+    /// unix:///PATH. Repeat it (or give a comma-separated list) for a Redlock over several
+    /// independent servers: each lock is then taken on all of them and held by a majority
+    /// [default: redis://127.0.0.1:6379, as redis-cli]
     #[arg(
         long,
         env = "DEADBOLT_REDIS_URL",
         hide_env_values = true,
         value_name = "URL"
     )]
-    pub(crate) redis: Option<String>,
+    pub(crate) redis: Vec<String>,
+    /// With several --redis: put each lock on one of the servers (chosen by its name) instead of
+    /// taking it on a majority of them; a server that is down fails only its own locks
+    #[arg(long)]
+    pub(crate) sharded: bool,
 }
 
 impl RedisArgs {
-    /// The URL to use: `--redis`, else `DEADBOLT_REDIS_URL`, else [`DEFAULT_URL`].
+    /// The servers to use: `--redis` (repeated), else `DEADBOLT_REDIS_URL`, else
+    /// [`DEFAULT_URL`].
     ///
     /// # Errors
     ///
-    /// A usage error for a URL without a scheme deadbolt knows.
-    pub(crate) fn resolve(&self) -> anyhow::Result<Redis> {
-        resolve(self.redis.as_deref())
+    /// A usage error for a URL without a scheme deadbolt knows, or `--sharded` without several
+    /// URLs.
+    pub(crate) fn resolve(&self) -> anyhow::Result<Topology> {
+        Topology::resolve(&self.redis, self.sharded)
+    }
+}
+
+/// The servers locks are taken on, and how: the one place that turns URLs into a
+/// [`ClientBuilder`]. (A Redis Cluster or a Sentinel-monitored master would each be one more
+/// variant here, with its own builder and its own line in [`Topology::describe`].)
+#[derive(Debug, Clone)]
+pub(crate) enum Topology {
+    /// One server: one `--redis`, or the default.
+    Single(Redis),
+    /// Redlock over independent masters: several `--redis`. A lock is held when a majority of
+    /// them granted it.
+    Redlock(Vec<Redis>),
+    /// Several independent servers, each lock on one of them by its name: several `--redis`
+    /// and `--sharded`.
+    Sharded(Vec<Redis>),
+}
+
+impl Topology {
+    /// The topology of `values` (each a URL or a comma-separated list of them), and `sharded`.
+    ///
+    /// # Errors
+    ///
+    /// A usage error for a malformed URL, or `--sharded` without several URLs.
+    pub(crate) fn resolve(values: &[String], sharded: bool) -> anyhow::Result<Topology> {
+        let urls = split_urls(values);
+        if sharded && urls.len() < 2 {
+            return Err(usage(format!(
+                "--sharded needs several --redis URLs to spread locks over, not {}",
+                match urls.len() {
+                    0 => "none".to_owned(),
+                    _ => "one".to_owned(),
+                }
+            )));
+        }
+        match urls.as_slice() {
+            [] => Ok(Topology::Single(resolve(None)?)),
+            [url] => Ok(Topology::Single(resolve(Some(url))?)),
+            _ => {
+                let nodes = urls
+                    .iter()
+                    .map(|url| Redis::given(url))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                Ok(if sharded {
+                    Topology::Sharded(nodes)
+                } else {
+                    Topology::Redlock(nodes)
+                })
+            }
+        }
+    }
+
+    /// The servers, in the order given.
+    pub(crate) fn nodes(&self) -> &[Redis] {
+        match self {
+            Topology::Single(redis) => std::slice::from_ref(redis),
+            Topology::Redlock(nodes) | Topology::Sharded(nodes) => nodes,
+        }
+    }
+
+    /// The library's builder for this topology, with its defaults.
+    pub(crate) fn builder(&self) -> ClientBuilder {
+        let urls = || self.nodes().iter().map(|n| n.url.clone());
+        match self {
+            Topology::Single(redis) => Client::builder(&redis.url),
+            Topology::Redlock(_) => Client::redlock(urls()),
+            Topology::Sharded(_) => Client::sharded(urls()),
+        }
+    }
+
+    /// One line for people: the server, or the mode and every server (passwords hidden).
+    pub(crate) fn describe(&self) -> String {
+        let list = || {
+            self.nodes()
+                .iter()
+                .map(|n| redact(&n.url))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match self {
+            Topology::Single(redis) => redact(&redis.url),
+            Topology::Redlock(nodes) => format!(
+                "redlock over {} servers, {} needed: {}",
+                nodes.len(),
+                nodes.len() / 2 + 1,
+                list()
+            ),
+            Topology::Sharded(nodes) => {
+                format!("sharded over {} servers: {}", nodes.len(), list())
+            }
+        }
+    }
+
+    /// The options that give this topology to another deadbolt process (`--redis` for each
+    /// server, `--sharded`), passwords included: pass them to a child, never print them.
+    pub(crate) fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        for node in self.nodes() {
+            args.push("--redis".to_owned());
+            args.push(node.url.clone());
+        }
+        if matches!(self, Topology::Sharded(_)) {
+            args.push("--sharded".to_owned());
+        }
+        args
+    }
+
+    /// Connects a client configured by `builder` (made from [`Topology::builder`]), turning a
+    /// failure into a message that says what to do and, with several servers, which ones
+    /// failed.
+    ///
+    /// # Errors
+    ///
+    /// A server is unreachable, refuses the credentials, or is not Redis.
+    pub(crate) async fn connect(&self, builder: ClientBuilder) -> anyhow::Result<Client> {
+        match self {
+            Topology::Single(redis) => redis.connect(builder).await,
+            Topology::Redlock(nodes) | Topology::Sharded(nodes) => match builder.connect().await {
+                Ok(client) => Ok(client),
+                Err(err @ deadbolt::Error::Connect { .. }) => {
+                    Err(self.failed_nodes(nodes, err).await)
+                }
+                Err(err) => Err(self.explain(err)),
+            },
+        }
+    }
+
+    /// Connects a client with key prefix `prefix` and the library's other defaults.
+    ///
+    /// # Errors
+    ///
+    /// As [`Topology::connect`].
+    pub(crate) async fn client(&self, prefix: &str) -> anyhow::Result<Client> {
+        self.connect(self.builder().key_prefix(prefix)).await
+    }
+
+    /// The library connects every server before it takes any lock, and stops at the first that
+    /// fails; to name every server that is down (not only the first), try each on its own.
+    async fn failed_nodes(&self, nodes: &[Redis], first: deadbolt::Error) -> anyhow::Error {
+        let tries = futures_util::future::join_all(
+            nodes
+                .iter()
+                .map(|node| async move { node.connect(Client::builder(&node.url)).await }),
+        )
+        .await;
+        let failed: Vec<String> = tries
+            .into_iter()
+            .filter_map(Result::err)
+            .map(|err| crate::exit::chain(&err))
+            .collect();
+        if failed.is_empty() {
+            // They all answer now: say what failed the first time.
+            return self.explain(first);
+        }
+        let why = match self {
+            Topology::Redlock(_) => {
+                "deadbolt needs every server of a redlock to answer when it starts"
+            }
+            _ => "deadbolt needs every server to answer when it starts",
+        };
+        anyhow::anyhow!(
+            "cannot connect to {} of {} redis servers ({why}): {}",
+            failed.len(),
+            nodes.len(),
+            failed.join("; ")
+        )
+    }
+
+    /// `err` as a message a user can act on: for a server's connection error, as
+    /// [`Redis::explain`] says it for that server.
+    pub(crate) fn explain(&self, err: deadbolt::Error) -> anyhow::Error {
+        let addr = match &err {
+            deadbolt::Error::Connect { addr, .. } => addr,
+            _ => return self.nodes()[0].explain(err),
+        };
+        match self
+            .nodes()
+            .iter()
+            .find(|node| node.addr().as_deref() == Some(addr))
+        {
+            Some(node) => node.explain(err),
+            None => self.nodes()[0].explain(err),
+        }
     }
 }
 
@@ -67,6 +258,16 @@ impl Redis {
             url: url.to_owned(),
             defaulted: false,
         })
+    }
+
+    /// The server's address as the library names it in errors (`host:port`), without
+    /// credentials.
+    fn addr(&self) -> Option<String> {
+        self.url
+            .as_str()
+            .into_connection_info()
+            .ok()
+            .map(|info| info.addr().to_string())
     }
 
     /// Whether the URL asks for TLS.
@@ -178,6 +379,42 @@ fn resolve(given: Option<&str>) -> anyhow::Result<Redis> {
     }
 }
 
+/// The URLs in `values`, each a URL or a comma-separated list of them (as `DEADBOLT_REDIS_URL`
+/// may hold). A comma starts a new URL only where a scheme follows, so a password with a comma
+/// in it stays in its URL; blanks around the commas and empty items are dropped.
+pub(crate) fn split_urls(values: &[String]) -> Vec<String> {
+    let mut urls: Vec<String> = Vec::new();
+    for value in values {
+        let mut current: Option<String> = None;
+        for piece in value.split(',') {
+            match &mut current {
+                Some(url) if !has_scheme(piece.trim_start()) => {
+                    url.push(',');
+                    url.push_str(piece);
+                }
+                _ => {
+                    urls.extend(current.take());
+                    current = Some(piece.to_owned());
+                }
+            }
+        }
+        urls.extend(current);
+    }
+    urls.into_iter()
+        .map(|url| url.trim().to_owned())
+        .filter(|url| !url.is_empty())
+        .collect()
+}
+
+/// Whether `text` starts with something shaped like a URL scheme and `://`.
+fn has_scheme(text: &str) -> bool {
+    scheme(text).is_some_and(|s| {
+        s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    })
+}
+
 /// The scheme of `url`, if it has one.
 fn scheme(url: &str) -> Option<&str> {
     url.split_once("://").map(|(scheme, _)| scheme)
@@ -187,7 +424,19 @@ fn scheme(url: &str) -> Option<&str> {
 fn check_url(url: &str) -> anyhow::Result<()> {
     let valid = "use redis://HOST[:PORT], rediss://HOST[:PORT] (TLS) or unix:///PATH";
     match scheme(url) {
-        Some(s) if SCHEMES.iter().any(|known| s.eq_ignore_ascii_case(known)) => Ok(()),
+        Some(s) if SCHEMES.iter().any(|known| s.eq_ignore_ascii_case(known)) => {
+            // A comma after the password: a list item without a scheme of its own.
+            let rest = &url[s.len() + 3..];
+            let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            if host.contains(',') {
+                return Err(usage(format!(
+                    "invalid redis url `{}`: a list of URLs needs a scheme on each, e.g. \
+                     redis://10.0.0.5,redis://10.0.0.6",
+                    redact(url)
+                )));
+            }
+            Ok(())
+        }
         Some(s) => Err(usage(format!(
             "invalid redis url `{}`: unknown scheme `{s}://`; {valid}",
             redact(url)
@@ -200,20 +449,26 @@ fn check_url(url: &str) -> anyhow::Result<()> {
     }
 }
 
-/// The Redis type of `key` (`string`, `hash`, …), asked on `client`'s connection.
+/// The Redis type of `key` (`string`, `hash`, …) on the first of `client`'s servers where it
+/// is neither a string nor missing: with several servers, the one holding something else.
 ///
 /// # Errors
 ///
 /// Redis failed or did not answer within [`REPLY_TIMEOUT`].
 async fn key_type(client: &Client, key: &str) -> anyhow::Result<String> {
-    let mut conn = client.connection();
-    let mut cmd = redis::cmd("TYPE");
-    cmd.arg(key);
-    Ok(
-        tokio::time::timeout(REPLY_TIMEOUT, cmd.query_async::<String>(&mut conn))
+    let mut kind = None;
+    for mut conn in client.connections() {
+        let mut cmd = redis::cmd("TYPE");
+        cmd.arg(key);
+        let found = tokio::time::timeout(REPLY_TIMEOUT, cmd.query_async::<String>(&mut conn))
             .await
-            .map_err(|_| anyhow::anyhow!("no reply to TYPE {key}"))??,
-    )
+            .map_err(|_| anyhow::anyhow!("no reply to TYPE {key}"))??;
+        if found != "string" && found != "none" {
+            return Ok(found);
+        }
+        kind.get_or_insert(found);
+    }
+    kind.ok_or_else(|| anyhow::anyhow!("no server to ask"))
 }
 
 /// The error for a lock key that holds a value of another type: someone else uses that key.
@@ -231,7 +486,7 @@ fn wrong_type(key: &str, kind: Option<&str>) -> anyhow::Error {
 /// Turns the library's [`deadbolt::Error::WrongType`] into [`wrong_type`], naming the key's
 /// type; any other error as [`Redis::explain`] does.
 pub(crate) async fn explain_on(
-    redis: &Redis,
+    redis: &Topology,
     client: &Client,
     err: deadbolt::Error,
 ) -> anyhow::Error {

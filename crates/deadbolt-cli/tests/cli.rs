@@ -5,7 +5,8 @@
 //! port, so a test that forgets `--redis` fails instead of touching a real server.
 //!
 //! Sections: running commands; the command's process group; the exit status; contention and
-//! failure; errors a user can act on; `status`; `bench`; help and logs.
+//! failure; errors a user can act on; `status`; several servers (Redlock, sharded); `bench`;
+//! help and logs.
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpListener;
@@ -14,7 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use deadbolt_testkit::RedisServer;
+use deadbolt_testkit::{RedisMasters, RedisServer};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -1015,6 +1016,283 @@ fn status_interrupted_exits_130() {
     server.resume();
     assert_eq!(code(&out), 130, "{out:?}");
     assert_eq!(stderr(&out).trim_end(), "deadbolt: interrupted");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several servers: Redlock, sharded
+
+/// `--redis URL` for each of `urls`.
+fn redis_args(urls: &[String]) -> Vec<String> {
+    urls.iter()
+        .flat_map(|url| ["--redis".to_owned(), url.clone()])
+        .collect()
+}
+
+/// Whether lock `key` exists on `server`.
+fn holds(server: &RedisServer, key: &str) -> bool {
+    is_locked(server, key)
+}
+
+/// `deadbolt status --json` over `urls` (and `extra`), parsed.
+fn status_json(urls: &[String], extra: &[&str], name: &str) -> serde_json::Value {
+    let out = deadbolt()
+        .arg("status")
+        .args(redis_args(urls))
+        .args(extra)
+        .args([name, "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Four processes, each running `deadbolt run` ten times in a row over five Redlock masters,
+/// increment a counter file non-atomically (read, sleep, write): no increment is lost, and no
+/// lock is left on any server.
+#[test]
+fn redlock_runs_in_separate_processes_lose_no_increment() {
+    let masters = RedisMasters::start(5).unwrap();
+    let urls = masters.urls();
+    let dir = tempfile::tempdir().unwrap();
+    let counter = dir.path().join("counter");
+    std::fs::write(&counter, "0").unwrap();
+    let script = format!(
+        "n=$(cat {c}); sleep 0.02; echo $((n + 1)) > {c}",
+        c = counter.display()
+    );
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            let (urls, script) = (urls.clone(), script.clone());
+            std::thread::spawn(move || {
+                for _ in 0..10 {
+                    let out = deadbolt()
+                        .arg("run")
+                        .args(redis_args(&urls))
+                        .args(["--key", "counter", "--wait", "60s", "--", "sh", "-c"])
+                        .arg(&script)
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success(), "{out:?}");
+                }
+            })
+        })
+        .collect();
+    for one in loops {
+        one.join().unwrap();
+    }
+    let count = std::fs::read_to_string(&counter).unwrap();
+    assert_eq!(count.trim(), "40", "lost increments");
+    for server in masters.servers() {
+        assert!(
+            !holds(server, "counter"),
+            "left locked on {}",
+            server.addr()
+        );
+    }
+}
+
+/// With 3 of 5 masters down, `run` fails with 70 naming each dead server (and no live one),
+/// and does not run the command; `status` fails alike.
+#[test]
+fn redlock_with_three_of_five_down_exits_70_naming_them() {
+    let mut masters = RedisMasters::start(5).unwrap();
+    let urls = masters.urls();
+    let addrs: Vec<String> = masters.servers().iter().map(RedisServer::addr).collect();
+    let dead = [0, 2, 3];
+    for i in dead {
+        masters.servers_mut()[i].kill();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let out = deadbolt()
+        .arg("run")
+        .args(redis_args(&urls))
+        .args(["--key", "k", "--", "touch"])
+        .arg(&marker)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 70, "{out:?}");
+    assert!(!marker.exists(), "the command ran without a lock");
+    let text = stderr(&out);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("cannot connect to 3 of 5 redis servers"),
+        "{text}"
+    );
+    for (i, addr) in addrs.iter().enumerate() {
+        assert_eq!(
+            text.contains(&format!("{addr}:")) || text.ends_with(addr),
+            dead.contains(&i),
+            "{addr}: {text}"
+        );
+    }
+    let out = deadbolt()
+        .arg("status")
+        .args(redis_args(&urls))
+        .arg("k")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 70, "{out:?}");
+    assert!(stderr(&out).contains(&addrs[2]), "{}", stderr(&out));
+}
+
+/// `status` over five masters: the majority's view, then each server's, in text and JSON; a
+/// server that lost its copy shows as free while the majority still holds.
+#[test]
+fn status_across_five_redlock_nodes() {
+    let masters = RedisMasters::start(5).unwrap();
+    let urls = masters.urls();
+    let free = status_json(&urls, &[], "k");
+    assert_eq!(free["locked"], false);
+    assert_eq!(free["mode"], "redlock");
+    assert_eq!(free["needed"], 3);
+    assert_eq!(free["nodes"].as_array().unwrap().len(), 5);
+
+    let mut holder = deadbolt()
+        .arg("run")
+        .args(redis_args(&urls))
+        .args(["--key", "k", "--fence-env", "--", "sleep", "30"])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    for server in masters.servers() {
+        wait_locked(server, "k");
+    }
+    let held = status_json(&urls, &[], "k");
+    assert_eq!(held["locked"], true, "{held}");
+    assert!(held["ttl_ms"].as_u64().unwrap() > 20_000, "{held}");
+    assert!(held["fence"].as_u64().unwrap() > 0, "{held}");
+    for node in held["nodes"].as_array().unwrap() {
+        assert_eq!(node["locked"], true, "{held}");
+        assert_eq!(node["owner"], true, "{held}");
+    }
+
+    // Two servers lose their copy (as a restart without persistence would): the other three are
+    // still a majority.
+    for i in [1, 4] {
+        let _: () = redis_cmd(&masters.servers()[i], &["DEL", "deadbolt:{k}"]);
+    }
+    let out = deadbolt()
+        .arg("status")
+        .args(redis_args(&urls))
+        .arg("k")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("state  locked, expires in"), "{text}");
+    assert!(
+        text.contains("nodes  5 (redlock: held when 3 of 5 agree)"),
+        "{text}"
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let line_of = |i: usize| {
+        *lines
+            .iter()
+            .find(|l| l.trim_start().starts_with(&urls[i]))
+            .unwrap_or_else(|| panic!("no line for {}: {text}", urls[i]))
+    };
+    for i in 0..5 {
+        if i == 1 || i == 4 {
+            assert!(line_of(i).ends_with("free"), "{text}");
+        } else {
+            assert!(
+                line_of(i).contains("held by the owner, expires in"),
+                "{text}"
+            );
+        }
+    }
+    // A third one: no majority holds it any more.
+    let _: () = redis_cmd(&masters.servers()[0], &["DEL", "deadbolt:{k}"]);
+    let partial = status_json(&urls, &[], "k");
+    assert_eq!(partial["locked"], false, "{partial}");
+    let owners = partial["nodes"].as_array().unwrap().iter();
+    assert_eq!(
+        owners.filter(|n| n["locked"] == true).count(),
+        2,
+        "{partial}"
+    );
+    kill_group(&holder);
+    holder.wait().unwrap();
+}
+
+/// `--sharded` puts a lock on one server only; a comma-separated `DEADBOLT_REDIS_URL` is a list;
+/// bad combinations are usage errors (2).
+#[test]
+fn several_servers_sharded_and_from_the_environment() {
+    let masters = RedisMasters::start(3).unwrap();
+    let urls = masters.urls();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("held");
+    let out = deadbolt()
+        .arg("run")
+        .args(redis_args(&urls))
+        .args(["--sharded", "--key", "k", "--", "sh", "-c"])
+        .arg(format!("touch {}", marker.display()))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{out:?}");
+    assert!(marker.exists());
+    let mut holder = deadbolt()
+        .arg("run")
+        .args(redis_args(&urls))
+        .args(["--sharded", "--key", "k", "--", "sleep", "30"])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    let holding = loop {
+        let holding: Vec<usize> = (0..3)
+            .filter(|&i| holds(&masters.servers()[i], "k"))
+            .collect();
+        if !holding.is_empty() || Instant::now() > end {
+            break holding;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(holding.len(), 1, "{holding:?}");
+    let status = status_json(&urls, &["--sharded"], "k");
+    assert_eq!(status["locked"], true, "{status}");
+    assert_eq!(status["mode"], "sharded", "{status}");
+    kill_group(&holder);
+    holder.wait().unwrap();
+
+    // The environment may hold a list.
+    let out = deadbolt()
+        .env("DEADBOLT_REDIS_URL", urls.join(", "))
+        .args(["status", "k", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["mode"], "redlock", "{json}");
+    assert_eq!(json["nodes"].as_array().unwrap().len(), 3, "{json}");
+
+    for (args, want) in [
+        (
+            vec!["--redis", urls[0].as_str(), "--sharded"],
+            "--sharded needs several --redis URLs",
+        ),
+        (
+            vec!["--redis", urls[0].as_str(), "--redis", urls[0].as_str()],
+            "is given twice",
+        ),
+    ] {
+        let out = deadbolt()
+            .arg("status")
+            .args(&args)
+            .arg("k")
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 2, "{args:?}: {out:?}");
+        assert!(stderr(&out).contains(want), "{}", stderr(&out));
+    }
+    let out = deadbolt().args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("Redlock") && help.contains("--sharded"),
+        "{help}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
