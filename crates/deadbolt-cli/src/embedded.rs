@@ -5,7 +5,7 @@
 //! `status` never do (see [`crate::connect`]): a lock nobody else can see excludes nobody.
 
 use anyhow::{Context, bail};
-use deadbolt_testkit::{RedisServer, redis_server_available};
+use deadbolt_testkit::{RedisMasters, RedisServer, redis_server_available};
 
 use crate::connect::{Redis, Topology, split_urls};
 use crate::exit::usage;
@@ -112,4 +112,27 @@ fn start_private() -> anyhow::Result<Target> {
         topology: Topology::Single(Redis::given(&server.url())?),
         server: Some(server),
     })
+}
+
+/// Starts `n` private, independent servers for the bench's Redlock workloads; they stop when
+/// dropped, and die with this process.
+pub(crate) fn start_private_masters(n: usize) -> anyhow::Result<RedisMasters> {
+    if !redis_server_available() {
+        bail!(
+            "floor3 and w3 need redis-server, and it is not on PATH; install it with \
+             `sudo apt-get install -y redis-server`"
+        );
+    }
+    let masters = RedisMasters::start(n)
+        .with_context(|| format!("cannot start {n} private redis-servers"))?;
+    let ports: Vec<String> = masters
+        .servers()
+        .iter()
+        .map(|s| s.port().to_string())
+        .collect();
+    eprintln!(
+        "deadbolt: started {n} private redis-servers for floor3 and w3 (127.0.0.1, ports {})",
+        ports.join(", ")
+    );
+    Ok(masters)
 }

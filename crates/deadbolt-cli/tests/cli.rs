@@ -1365,6 +1365,131 @@ fn bench_interrupted_exits_130_after_cleaning_up() {
     assert!(server.keys().is_empty(), "{:?}", server.keys());
 }
 
+/// The ports of the 5 private servers a bench with floor3 or W3 announced on stderr.
+fn quorum_ports(stderr: &str) -> Vec<u16> {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("private redis-servers for floor3 and w3"))
+        .unwrap_or_else(|| panic!("no servers announced: {stderr}"));
+    let ports = line.split("ports ").nth(1).unwrap().trim_end_matches(')');
+    ports.split(", ").map(|p| p.parse().unwrap()).collect()
+}
+
+/// Whether something listens on loopback `port`.
+fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// W3 (Redlock over 5 private servers) and its floor run with W1 and report their rows and
+/// ratios, in JSON and in the table; the 5 servers are gone when the bench is. With `--redis`,
+/// they are a usage error.
+#[test]
+fn bench_w3_reports_floor3_and_w3_against_w1() {
+    let bench = |extra: &[&str]| {
+        deadbolt()
+            .env_remove("DEADBOLT_REDIS_URL")
+            .args([
+                "bench",
+                "--workload",
+                "w1",
+                "--workload",
+                "floor3",
+                "--workload",
+                "w3",
+            ])
+            .args(["--workers", "2", "--duration", "150ms", "--rounds", "1"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = bench(&["--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let labels: Vec<&str> = rows
+        .iter()
+        .map(|r| r["workload"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["W1", "floor3", "W3"], "{rows:?}");
+    let (w1, floor3, w3) = (&rows[0], &rows[1], &rows[2]);
+    assert_eq!(w1["nodes"], 1);
+    assert_eq!(w3["nodes"], 5);
+    for row in [floor3, w3] {
+        assert!(row["ops_done"].as_u64().unwrap() > 0, "{row}");
+        assert_eq!(row["errors"], 0, "{row}");
+        assert!(row["cycle_p50_us"].as_u64().is_some(), "{row}");
+        assert!(row["cycle_p99_us"].as_u64().is_some(), "{row}");
+    }
+    // SET, EVALSHA, and the script's GET and DEL, on each of the 5 nodes.
+    let floor3_cmds = floor3["cmds_per_acquisition"].as_f64().unwrap();
+    assert!((floor3_cmds - 20.0).abs() < 0.01, "{floor3}");
+    assert!(w3["cmds_per_acquisition"].as_f64().unwrap() >= 20.0, "{w3}");
+    assert!(w3["ratio_to_floor"].as_f64().unwrap() > 0.0, "{w3}");
+    assert!(w3["cycle_ratio_to_w1"].as_f64().unwrap() > 0.0, "{w3}");
+    for port in quorum_ports(&stderr(&out)) {
+        assert!(
+            !listening(port),
+            "a private server outlived the bench on {port}"
+        );
+    }
+
+    let out = bench(&[]);
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    for want in ["floor3 ", "W3 ", "W3 / floor3 = ", "W3 cycle / W1 cycle = "] {
+        assert!(table.contains(want), "{want}: {table}");
+    }
+
+    let server = RedisServer::start().unwrap();
+    let out = deadbolt()
+        .args(["bench", "--redis", &server.url(), "--workload", "w3"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{out:?}");
+    assert!(stderr(&out).contains("5 private redis-servers"), "{out:?}");
+}
+
+/// Ctrl-C during W3 exits 130 and stops the 5 private servers.
+#[test]
+fn bench_w3_interrupted_stops_its_servers() {
+    let mut child = deadbolt()
+        .env_remove("DEADBOLT_REDIS_URL")
+        .args(["bench", "--workload", "w3", "--duration", "20s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8];
+    while !String::from_utf8_lossy(&seen).contains("bench: W3") {
+        assert_eq!(
+            err.read(&mut byte).unwrap(),
+            1,
+            "{}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.push(byte[0]);
+    }
+    let ports = quorum_ports(&String::from_utf8_lossy(&seen));
+    assert_eq!(ports.len(), 5);
+    assert!(ports.iter().all(|&p| listening(p)));
+    std::thread::sleep(Duration::from_millis(300));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    let out = wait_with_limit(child, Duration::from_secs(10));
+    assert_eq!(code(&out), 130, "{out:?} {rest}");
+    for port in ports {
+        assert!(
+            !listening(port),
+            "a private server outlived the bench on {port}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Help and logs
 
