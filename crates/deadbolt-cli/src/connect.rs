@@ -1,5 +1,9 @@
 //! Where Redis is, and errors a user can act on when it does not answer as it should.
 //!
+//! One `--redis` is one server; several are a Redlock over them, or with `--sharded` a set of
+//! servers each holding its share of the locks ([`Topology`]). `DEADBOLT_REDIS_URL` may hold a
+//! comma-separated list.
+//!
 //! `run` and `status` follow `redis-cli`: without `--redis` (or `DEADBOLT_REDIS_URL`) they use
 //! `redis://127.0.0.1:6379`, and fail when nothing answers there. A lock is only as good as the
 //! Redis every holder shares, so they never fall back to a private server, which would exclude
@@ -193,7 +197,7 @@ impl Topology {
         let tries = futures_util::future::join_all(
             nodes
                 .iter()
-                .map(|node| async move { node.connect(Client::builder(&node.url)).await }),
+                .map(|node| node.connect(Client::builder(&node.url))),
         )
         .await;
         let failed: Vec<String> = tries
@@ -543,6 +547,61 @@ mod tests {
             crate::exit::code_of(&err),
             std::process::ExitCode::from(crate::exit::EXIT_USAGE)
         );
+    }
+
+    fn urls(values: &[&str]) -> Vec<String> {
+        split_urls(&values.iter().map(|v| (*v).to_owned()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn lists_split_where_a_scheme_follows_a_comma() {
+        assert_eq!(
+            urls(&["redis://a:1, redis://b:2,rediss://c", "unix:///s"]),
+            ["redis://a:1", "redis://b:2", "rediss://c", "unix:///s"]
+        );
+        // A comma in a password stays in its URL.
+        assert_eq!(
+            urls(&["redis://:p,w@a,redis://b"]),
+            ["redis://:p,w@a", "redis://b"]
+        );
+        assert_eq!(urls(&["", " , "]), Vec::<String>::new());
+        // A list item without a scheme is refused, not glued to the host before it.
+        let err = Topology::resolve(&["redis://a,b:2".to_owned()], false).unwrap_err();
+        assert!(err.to_string().contains("a scheme on each"), "{err}");
+    }
+
+    #[test]
+    fn one_url_is_one_server_several_a_redlock_or_sharded() {
+        let resolve = |values: &[&str], sharded| {
+            let values: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
+            Topology::resolve(&values, sharded)
+        };
+        assert!(matches!(resolve(&[], false), Ok(Topology::Single(r)) if r.defaulted));
+        assert!(matches!(
+            resolve(&["redis://a"], false),
+            Ok(Topology::Single(_))
+        ));
+        let redlock = resolve(&["redis://a", "redis://:pw@b"], false).unwrap();
+        assert!(matches!(&redlock, Topology::Redlock(nodes) if nodes.len() == 2));
+        assert_eq!(
+            redlock.describe(),
+            "redlock over 2 servers, 2 needed: redis://a, redis://:***@b"
+        );
+        assert_eq!(
+            redlock.to_args(),
+            ["--redis", "redis://a", "--redis", "redis://:pw@b"]
+        );
+        let sharded = resolve(&["redis://a,redis://b"], true).unwrap();
+        assert!(matches!(&sharded, Topology::Sharded(nodes) if nodes.len() == 2));
+        assert_eq!(sharded.to_args().last().unwrap(), "--sharded");
+        for one in [&[][..], &["redis://a"][..]] {
+            let err = resolve(one, true).unwrap_err();
+            assert!(err.to_string().contains("--sharded needs several"), "{err}");
+            assert_eq!(
+                crate::exit::code_of(&err),
+                std::process::ExitCode::from(crate::exit::EXIT_USAGE)
+            );
+        }
     }
 
     #[test]

@@ -280,13 +280,11 @@ pub(crate) fn link_ratios(reports: &mut [Report]) {
             }
         }
     }
-    if let (Some(w3), Some(w1)) = (find(reports, Workload::W3), find(reports, Workload::W1)) {
-        if let (Some(w3_cycle), Some(w1_cycle)) =
+    if let (Some(w3), Some(w1)) = (find(reports, Workload::W3), find(reports, Workload::W1))
+        && let (Some(w3_cycle), Some(w1_cycle)) =
             (reports[w3].cycle_p50_us, reports[w1].cycle_p50_us)
-        {
-            reports[w3].cycle_ratio_to_w1 =
-                (w1_cycle > 0).then(|| w3_cycle as f64 / w1_cycle as f64);
-        }
+    {
+        reports[w3].cycle_ratio_to_w1 = (w1_cycle > 0).then(|| w3_cycle as f64 / w1_cycle as f64);
     }
 }
 
