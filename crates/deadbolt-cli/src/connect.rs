@@ -392,7 +392,7 @@ pub(crate) fn split_urls(values: &[String]) -> Vec<String> {
         let mut current: Option<String> = None;
         for piece in value.split(',') {
             match &mut current {
-                Some(url) if !has_scheme(piece.trim_start()) => {
+                Some(url) if !url.trim().is_empty() && !has_scheme(piece.trim_start()) => {
                     url.push(',');
                     url.push_str(piece);
                 }
