@@ -370,12 +370,23 @@ pub(crate) fn table(reports: &[Report]) -> String {
             );
         }
         if let Some(ratio) = r.cycle_ratio_to_w1 {
-            let w1 = reports.iter().find(|f| f.workload == Workload::W1);
+            let find = |w: Workload| reports.iter().find(|f| f.workload == w);
+            let w1 = find(Workload::W1);
             let p = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+            // The same ratio without the library: how much of it the fan-out itself costs here.
+            let floors = match (
+                find(Workload::Floor3).and_then(|f| f.cycle_p50_us),
+                find(Workload::Floor).and_then(|f| f.cycle_p50_us),
+            ) {
+                (Some(f3), Some(f)) if f > 0 => {
+                    format!("; floor3 / floor cycle = {:.2}", f3 as f64 / f as f64)
+                }
+                _ => String::new(),
+            };
             let _ = writeln!(
                 out,
                 "W3 cycle / W1 cycle = {ratio:.2} (p50: W3 {} µs, W1 {} µs; p99: W3 {} µs, W1 {} \
-                 µs; redlock over {} nodes against one)",
+                 µs; redlock over {} nodes against one{floors})",
                 p(r.cycle_p50_us),
                 p(w1.and_then(|w| w.cycle_p50_us)),
                 p(r.cycle_p99_us),
