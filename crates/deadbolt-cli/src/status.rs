@@ -74,7 +74,19 @@ async fn show(args: &Args) -> anyhow::Result<()> {
         println!("{value}");
         return Ok(());
     }
+    // Copies on a minority of a Redlock's servers (a holder that lost its majority, a crashed
+    // acquisition) do not make the lock held, but are worth a word.
+    let copies = nodes.as_ref().map_or(0, |nodes| {
+        nodes
+            .iter()
+            .filter(|n| n.state.as_ref().is_ok_and(|s| s.locked))
+            .count()
+    });
     let state = match (info.locked, info.ttl) {
+        (false, _) if copies > 0 && needed(&redis).is_some() => format!(
+            "free: no majority holds it ({copies} of {} servers hold a copy)",
+            redis.nodes().len()
+        ),
         (false, _) => "free".to_owned(),
         (true, Some(ttl)) => format!("locked, expires in {}", human::duration(ttl)),
         (true, None) => "locked, no expiry (set by a peer without a TTL?)".to_owned(),

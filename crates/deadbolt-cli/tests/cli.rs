@@ -1212,6 +1212,17 @@ fn status_across_five_redlock_nodes() {
         2,
         "{partial}"
     );
+    let out = deadbolt()
+        .arg("status")
+        .args(redis_args(&urls))
+        .arg("k")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("state  free: no majority holds it (2 of 5 servers hold a copy)"),
+        "{text}"
+    );
     kill_group(&holder);
     holder.wait().unwrap();
 }
