@@ -1,6 +1,7 @@
 //! `deadbolt bench`: what a deadbolt lock costs, next to the cheapest possible Redis lock.
 //!
-//! Every workload runs in this process against the same Redis, one after the other. Each
+//! Every workload runs in this process, one after the other: floor, W1 and W2 against the same
+//! Redis, floor3 and W3 against five private servers of their own. Each
 //! measurement is preceded by a 200 ms warm-up that is not counted (it loads the Lua scripts and
 //! fills the connection pools), and stops by itself after `--duration` or `--ops`.
 //!
@@ -16,6 +17,17 @@
 //!   Floor and W1 run interleaved in `--rounds` rounds (alternating which
 //!   goes first) and report the median ops/s of the rounds, so a noisy second does not decide the
 //!   ratio.
+//! - **`floor3`**: the raw baseline of a Redlock over 5 nodes, no library. Each worker loops
+//!   `SET key token NX PX 30000` sent to the 5 nodes at once (`join_all`), then the
+//!   compare-and-delete `EVALSHA` sent to the 5 at once, on its own key (`bench:floor3:{i}`), over
+//!   the W3 client's own connections: two parallel round trips per cycle, five times the server
+//!   work of the floor.
+//! - **`W3`**: W1's loop on a Redlock client over 5 private `redis-server`s started for the
+//!   bench (`w3:{i}`). `W3 / floor3` is the price of Redlock's bookkeeping (votes, validity,
+//!   per-node timeouts) over the bare fan-out, and `W3 cycle / W1 cycle` (p50) what a quorum lock
+//!   costs a caller next to one server. floor3 and W3 run in the same rounds as floor and W1,
+//!   interleaved with them. They are not in the default set (they start 5 servers) and cannot
+//!   run against `--redis`.
 //! - **`W2`**: contention and correctness. `--w2-workers` workers fight for one lock (`w2`, fixed
 //!   5 s lease) and, while holding it, read a plain counter key, sleep `--hold`, and write the
 //!   value plus one: a read-modify-write that loses updates as soon as two workers overlap. The
@@ -33,7 +45,7 @@
 //!   With `--clients` above 1, W2 also lists acquisitions per client, which tells a client
 //!   keeping the lock to itself apart from an unlucky worker.
 //! - `cmds/acq`: Redis commands per acquisition, from `INFO commandstats` around the measured
-//!   phase. Commands run inside Lua scripts are counted by Redis too, so this is the total work
+//!   phase (summed over the 5 nodes for floor3 and W3). Commands run inside Lua scripts are counted by Redis too, so this is the total work
 //!   for the server; the top-level part (the round trips a client pays for) comes from a short
 //!   `MONITOR` census after the measurement, which tells the two apart. The census only runs
 //!   against the private server, since MONITOR slows a shared one and would see its other
@@ -44,7 +56,7 @@
 //!   ideal`: the ideal is one critical section plus one round trip per operation,
 //!   1 / (GET + hold + SET + RTT), measured on an idle connection just before W2 (the hold as
 //!   actually slept, since timers round up): how much of the hand-off between holders the lock
-//!   hides.
+//!   hides. `W3 / floor3` and `W3 cycle / W1 cycle`: see the workloads.
 //!
 //! Against a shared Redis (`--redis`), other clients' commands land in the command counts; the
 //! statistics are then read as a difference rather than reset, so the server's own statistics are
@@ -59,9 +71,11 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use deadbolt::Client;
 
-use self::phase::{Floor, Phase, Stop, W1, W2, Work, run_phase};
+use deadbolt_testkit::RedisMasters;
+
+use self::phase::{Floor, Floor3, Phase, Stop, Uncontended, W2, Work, run_phase};
 use self::report::{Ideal, Measured, Report};
-use self::server::{Census, CensusCounts, ServerStats};
+use self::server::{Census, CensusCounts, CommandCounts, ServerStats};
 use crate::embedded::PrivateRedisArgs;
 use crate::exit::{Interrupted, usage};
 use crate::human;
@@ -84,6 +98,8 @@ const MAX_HOLD: Duration = Duration::from_secs(1);
 const MAX_DURATION: Duration = Duration::from_secs(3600);
 /// The most rounds of floor and W1.
 const MAX_ROUNDS: usize = 100;
+/// The nodes of W3's Redlock (and floor3's fan-out).
+const QUORUM_NODES: usize = 5;
 
 /// Options of `deadbolt bench`.
 #[derive(Debug, clap::Args)]
@@ -91,11 +107,12 @@ pub(crate) struct Args {
     #[command(flatten)]
     redis: PrivateRedisArgs,
 
-    /// Workload to run; repeat for several [default: all: floor, w1, w2]
+    /// Workload to run; repeat for several. floor3 and w3 (a Redlock over 5 nodes) start 5
+    /// private redis-servers of their own [default: floor, w1, w2]
     #[arg(long = "workload", value_name = "NAME", value_enum, ignore_case = true)]
     workloads: Vec<Workload>,
 
-    /// Workers of W1 and of the floor, each on its own key
+    /// Workers of W1, W3 and the floors, each on its own key
     #[arg(long, value_name = "K", default_value_t = 1)]
     workers: usize,
 
@@ -121,12 +138,13 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N", conflicts_with = "duration")]
     ops: Option<u64>,
 
-    /// Interleaved rounds of floor and W1; each reports the median ops/s of its rounds
+    /// Interleaved rounds of floor, W1, floor3 and W3; each reports the median ops/s of its
+    /// rounds
     #[arg(long, value_name = "R", default_value_t = 3)]
     rounds: usize,
 
-    /// W1 takes fenced locks and reads each one's fencing token (minted with the acquisition),
-    /// to measure what fencing costs over the floor
+    /// W1 and W3 take fenced locks and read each one's fencing token (minted with the
+    /// acquisition), to measure what fencing costs over the floor
     #[arg(long)]
     fenced: bool,
 
@@ -142,6 +160,10 @@ pub(crate) enum Workload {
     Floor,
     /// Uncontended acquire → release, one lock per worker.
     W1,
+    /// Raw `SET NX PX` + compare-and-delete fanned out to 5 nodes, no library.
+    Floor3,
+    /// W1 on a Redlock over 5 nodes.
+    W3,
     /// Contended read-modify-write under one lock.
     W2,
 }
@@ -153,16 +175,23 @@ impl Workload {
             Workload::Floor => "floor",
             Workload::W1 => "W1",
             Workload::W2 => "W2",
+            Workload::Floor3 => "floor3",
+            Workload::W3 => "W3",
         }
+    }
+
+    /// Whether it runs on the 5 private nodes rather than the one server.
+    pub(crate) fn on_quorum(self) -> bool {
+        matches!(self, Workload::Floor3 | Workload::W3)
     }
 }
 
 /// The validated options: what to run and for how long.
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
-    /// The workloads to run, deduplicated, in report order (floor, W1, W2).
+    /// The workloads to run, deduplicated, in report order (floor, W1, floor3, W3, W2).
     pub(crate) workloads: Vec<Workload>,
-    /// Workers of W1 and the floor.
+    /// Workers of W1, W3 and the floors.
     pub(crate) workers: usize,
     /// Workers of W2.
     pub(crate) w2_workers: usize,
@@ -172,9 +201,9 @@ pub(crate) struct Plan {
     pub(crate) hold: Duration,
     /// When each measurement stops.
     pub(crate) stop: Stop,
-    /// Rounds of floor and W1.
+    /// Rounds of floor, W1, floor3 and W3.
     pub(crate) rounds: usize,
-    /// Whether W1's locks are fenced.
+    /// Whether W1's and W3's locks are fenced.
     pub(crate) fenced: bool,
 }
 
@@ -200,6 +229,17 @@ impl Plan {
         };
         workloads.sort();
         workloads.dedup();
+        let given = args
+            .redis
+            .redis
+            .as_deref()
+            .is_some_and(|url| !url.trim().is_empty());
+        if given && workloads.iter().any(|w| w.on_quorum()) {
+            return Err(usage(
+                "floor3 and w3 run on 5 private redis-servers they start themselves, not on \
+                 --redis (or DEADBOLT_REDIS_URL): leave it out to run them",
+            ));
+        }
         // Only checked when W2 runs: `--clients 8` is harmless next to `--workload w1`.
         if workloads.contains(&Workload::W2) && args.clients > args.w2_workers {
             return Err(usage(format!(
@@ -246,20 +286,37 @@ impl Plan {
     fn has(&self, workload: Workload) -> bool {
         self.workloads.contains(&workload)
     }
+
+    /// Whether a workload on the one server was asked for (floor, W1, W2).
+    fn on_single(&self) -> bool {
+        self.workloads.iter().any(|w| !w.on_quorum())
+    }
+
+    /// Whether a workload on the 5 nodes was asked for (floor3, W3).
+    fn on_quorum(&self) -> bool {
+        self.workloads.iter().any(|w| w.on_quorum())
+    }
 }
 
 /// Runs `deadbolt bench`.
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let plan = Plan::new(&args)?;
-    // Kept alive to the end: dropping it stops the private server.
-    let target = args.redis.target()?;
-    let private = target.server.is_some();
+    // Kept alive to the end: dropping them stops the private servers, on every way out
+    // (an error, Ctrl-C; they also die with this process, see deadbolt-testkit).
+    let target = plan.on_single().then(|| args.redis.target()).transpose()?;
+    let masters = plan
+        .on_quorum()
+        .then(|| crate::embedded::start_private_masters(QUORUM_NODES))
+        .transpose()?;
     // One plain connection first, so an unreachable Redis or a wrong password fails at once, and
     // with the same message as every other command, rather than after the reconnect back-off of
     // the bench's own connections.
-    let probe = target.redis.client(PREFIX).await?;
-    let mut bench = Bench::connect(target.url(), &plan, private).await?;
-    drop(probe);
+    if let Some(target) = &target {
+        drop(target.redis().client(PREFIX).await?);
+    }
+    let single = target.as_ref().map(|t| (t.url(), t.server.is_some()));
+    let quorum = masters.as_ref().map(RedisMasters::urls);
+    let mut bench = Bench::connect(single, quorum.as_deref(), &plan).await?;
     let outcome = tokio::select! {
         outcome = bench.run_all(&plan) => outcome,
         // Dropping `run_all` aborts the workers (they live in JoinSets), so the cleanup below
@@ -282,6 +339,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         print!("{}", report::table(&reports));
     }
     drop(target);
+    drop(masters);
     if let Some(lost) = reports
         .iter()
         .find_map(|r| r.lost_updates.filter(|&n| n != 0))
@@ -294,6 +352,62 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The servers of some workloads: a statistics connection to each, and the keys to delete.
+#[derive(Debug)]
+struct Servers {
+    /// One connection per server for statistics, probes and cleanup, apart from every
+    /// workload's.
+    stats: Vec<ServerStats>,
+    /// Their URLs, for the census's own connections.
+    urls: Vec<String>,
+    /// Whether they are our private ones (see [`ServerStats`] and the census).
+    private: bool,
+    /// Every key a workload may create on them (on each of them).
+    keys: Vec<String>,
+}
+
+impl Servers {
+    /// Connects a statistics connection to each of `urls`.
+    async fn connect(urls: &[String], private: bool) -> anyhow::Result<Servers> {
+        let mut stats = Vec::with_capacity(urls.len());
+        for url in urls {
+            stats.push(ServerStats::connect(url, private).await?);
+        }
+        Ok(Servers {
+            stats,
+            urls: urls.to_vec(),
+            private,
+            keys: Vec::new(),
+        })
+    }
+
+    /// Starts counting commands on every server.
+    async fn begin(&self) -> anyhow::Result<Vec<CommandCounts>> {
+        let mut before = Vec::with_capacity(self.stats.len());
+        for stats in &self.stats {
+            before.push(stats.clone().begin().await?);
+        }
+        Ok(before)
+    }
+
+    /// The commands run on all the servers together since [`Servers::begin`].
+    async fn end(&self, before: Vec<CommandCounts>) -> anyhow::Result<CommandCounts> {
+        let mut sum = CommandCounts::default();
+        for (stats, before) in self.stats.iter().zip(before) {
+            sum.add(&stats.clone().end(before).await?);
+        }
+        Ok(sum)
+    }
+
+    /// Deletes the keys on every server.
+    async fn cleanup(&mut self) -> anyhow::Result<()> {
+        for stats in &mut self.stats {
+            stats.delete(&self.keys).await?;
+        }
+        Ok(())
+    }
+}
+
 /// The connections of one bench run and the keys it must delete.
 #[derive(Debug)]
 struct Bench {
@@ -303,81 +417,123 @@ struct Bench {
     w1: Option<Work>,
     /// W2's workload, when it runs.
     w2: Option<Work>,
-    /// The connection for statistics, probes and cleanup, apart from every workload's.
-    stats: ServerStats,
-    /// The URL, for the census's own connection.
-    url: String,
-    /// Whether the server is our private one (see [`ServerStats`] and the census).
-    private: bool,
-    /// Every key a workload may create.
-    keys: Vec<String>,
+    /// floor3's workload, when it runs.
+    floor3: Option<Work>,
+    /// W3's workload, when it runs.
+    w3: Option<Work>,
+    /// The one server of floor, W1 and W2, when one of them runs.
+    single: Option<Servers>,
+    /// The 5 nodes of floor3 and W3, when one of them runs.
+    quorum: Option<Servers>,
 }
 
 impl Bench {
-    /// Connects what `plan` needs and lists the keys it will create.
-    async fn connect(url: &str, plan: &Plan, private: bool) -> anyhow::Result<Bench> {
-        let stats = ServerStats::connect(url, private).await?;
-        let mut keys = Vec::new();
-        // The floor runs over W1's own command connection: same socket settings, same
-        // multiplexing, so the ratio is the library's cost and nothing else.
-        let w1_client = connect_client(url).await?;
-        let floor = if plan.has(Workload::Floor) {
-            let floor = Floor::new(w1_client.connection(), plan.workers);
-            keys.extend(floor.keys().iter().cloned());
-            Some(Work::Floor(floor))
-        } else {
-            None
+    /// Connects what `plan` needs and lists the keys it will create: on `single` (its URL, and
+    /// whether it is our private server) and on the `quorum` nodes.
+    async fn connect(
+        single: Option<(&str, bool)>,
+        quorum: Option<&[String]>,
+        plan: &Plan,
+    ) -> anyhow::Result<Bench> {
+        let mut bench = Bench {
+            floor: None,
+            w1: None,
+            w2: None,
+            floor3: None,
+            w3: None,
+            single: None,
+            quorum: None,
         };
-        let w1 = if plan.has(Workload::W1) {
-            let w1 = W1::new(w1_client, plan.workers, plan.fenced);
-            for name in w1.names() {
-                lock_keys(&w1.client, name, &mut keys)?;
+        if let Some((url, private)) = single {
+            let mut servers = Servers::connect(&[url.to_owned()], private).await?;
+            let keys = &mut servers.keys;
+            // The floor runs over W1's own command connection: same socket settings, same
+            // multiplexing, so the ratio is the library's cost and nothing else.
+            let w1_client = connect_client(Client::builder(url)).await?;
+            if plan.has(Workload::Floor) {
+                let floor = Floor::new(w1_client.connection(), plan.workers);
+                keys.extend(floor.keys().iter().cloned());
+                bench.floor = Some(Work::Floor(floor));
             }
-            Some(Work::W1(w1))
-        } else {
-            None
-        };
-        let w2 = if plan.has(Workload::W2) {
-            let mut clients = Vec::with_capacity(plan.clients);
-            for _ in 0..plan.clients {
-                clients.push(connect_client(url).await?);
+            if plan.has(Workload::W1) {
+                let w1 = Uncontended::new(w1_client, "w1", plan.workers, plan.fenced);
+                for name in w1.names() {
+                    lock_keys(&w1.client, name, keys)?;
+                }
+                bench.w1 = Some(Work::W1(w1));
             }
-            let w2 = W2::new(clients, plan.w2_workers, plan.hold);
-            lock_keys(&w2.clients[0], phase::W2_LOCK, &mut keys)?;
-            keys.push(w2.counter.clone());
-            keys.push(w2.probe.clone());
-            Some(Work::W2(w2))
+            if plan.has(Workload::W2) {
+                let mut clients = Vec::with_capacity(plan.clients);
+                for _ in 0..plan.clients {
+                    clients.push(connect_client(Client::builder(url)).await?);
+                }
+                let w2 = W2::new(clients, plan.w2_workers, plan.hold);
+                lock_keys(&w2.clients[0], phase::W2_LOCK, keys)?;
+                keys.push(w2.counter.clone());
+                keys.push(w2.probe.clone());
+                bench.w2 = Some(Work::W2(w2));
+            }
+            bench.single = Some(servers);
+        }
+        if let Some(urls) = quorum {
+            let mut servers = Servers::connect(urls, true).await?;
+            let keys = &mut servers.keys;
+            // floor3 runs over W3's own command connections, as the floor over W1's.
+            let w3_client = connect_client(Client::redlock(urls.iter().cloned())).await?;
+            if plan.has(Workload::Floor3) {
+                let floor = Floor3::new(w3_client.connections(), plan.workers);
+                keys.extend(floor.keys().iter().cloned());
+                bench.floor3 = Some(Work::Floor3(floor));
+            }
+            if plan.has(Workload::W3) {
+                let w3 = Uncontended::new(w3_client, "w3", plan.workers, plan.fenced);
+                for name in w3.names() {
+                    lock_keys(&w3.client, name, keys)?;
+                }
+                bench.w3 = Some(Work::W3(w3));
+            }
+            bench.quorum = Some(servers);
+        }
+        Ok(bench)
+    }
+
+    /// The servers `work` runs on.
+    fn servers(&self, work: &Work) -> anyhow::Result<&Servers> {
+        let servers = if work.workload().on_quorum() {
+            &self.quorum
         } else {
-            None
+            &self.single
         };
-        Ok(Bench {
-            floor,
-            w1,
-            w2,
-            stats,
-            url: url.to_owned(),
-            private,
-            keys,
-        })
+        servers
+            .as_ref()
+            .context("a workload runs without its servers")
     }
 
     /// Runs every planned workload and builds its report.
     async fn run_all(&mut self, plan: &Plan) -> anyhow::Result<Vec<Report>> {
         let mut floor = Vec::new();
         let mut w1 = Vec::new();
+        let mut floor3 = Vec::new();
+        let mut w3 = Vec::new();
         for round in 0..plan.rounds {
             // Alternating who goes first cancels a drift (a warming CPU, a noisy neighbour)
-            // that would otherwise always favour the same workload.
-            let order = if round % 2 == 0 {
-                [Workload::Floor, Workload::W1]
-            } else {
-                [Workload::W1, Workload::Floor]
-            };
+            // that would otherwise always favour the same workload of a pair.
+            let mut order = [
+                Workload::Floor,
+                Workload::W1,
+                Workload::Floor3,
+                Workload::W3,
+            ];
+            if round % 2 == 1 {
+                order.reverse();
+            }
             let last = round + 1 == plan.rounds;
             for workload in order {
                 let (work, out) = match workload {
                     Workload::Floor => (&self.floor, &mut floor),
-                    _ => (&self.w1, &mut w1),
+                    Workload::W1 => (&self.w1, &mut w1),
+                    Workload::Floor3 => (&self.floor3, &mut floor3),
+                    _ => (&self.w3, &mut w3),
                 };
                 let Some(work) = work else { continue };
                 progress(workload, round, plan.rounds);
@@ -386,17 +542,15 @@ impl Bench {
             }
         }
         let mut reports = Vec::new();
-        if !floor.is_empty() {
-            reports.push(Report::new(
-                Workload::Floor,
-                plan.workers,
-                None,
-                &floor,
-                None,
-            )?);
-        }
-        if !w1.is_empty() {
-            reports.push(Report::new(Workload::W1, plan.workers, Some(1), &w1, None)?);
+        for (workload, rounds, clients) in [
+            (Workload::Floor, &floor, None),
+            (Workload::W1, &w1, Some(1)),
+            (Workload::Floor3, &floor3, None),
+            (Workload::W3, &w3, Some(1)),
+        ] {
+            if !rounds.is_empty() {
+                reports.push(Report::new(workload, plan.workers, clients, rounds, None)?);
+            }
         }
         if let Some(work) = &self.w2 {
             let Work::W2(w2) = work else {
@@ -421,17 +575,17 @@ impl Bench {
     /// Warm-up, then the measured phase with the command counts around it, then (on request)
     /// the census.
     async fn measure(&self, work: &Work, stop: Stop, census: bool) -> anyhow::Result<Measured> {
+        let servers = self.servers(work)?;
         run_phase(work, Stop::time(WARMUP)).await?;
-        let mut stats = self.stats.clone();
-        let before = warn_none("command statistics", stats.begin().await);
+        let before = warn_none("command statistics", servers.begin().await);
         let phase = run_phase(work, stop).await?;
         let commands = match before {
-            Some(before) => warn_none("command statistics", stats.end(before).await)
+            Some(before) => warn_none("command statistics", servers.end(before).await)
                 .map(|counts| counts.without_counter(phase.counter_gets, phase.counter_sets)),
             None => None,
         };
         report_first_error(work, &phase);
-        let census = if census && self.private {
+        let census = if census && servers.private {
             warn_none("the MONITOR census", self.census(work).await)
         } else {
             None
@@ -443,16 +597,26 @@ impl Bench {
         })
     }
 
-    /// Watches a short extra run with MONITOR, to split top-level commands from script ones.
+    /// Watches a short extra run with MONITOR (on each of its servers), to split top-level
+    /// commands from script ones.
     async fn census(&self, work: &Work) -> anyhow::Result<(CensusCounts, u64)> {
+        let servers = self.servers(work)?;
         let ignore = match work {
             // The counter's GET/SET are the workload's, not the lock's.
             Work::W2(w2) => vec![w2.counter.clone()],
             _ => Vec::new(),
         };
-        let census = Census::start(&self.url, ignore).await?;
+        let mut censuses = Vec::with_capacity(servers.urls.len());
+        for url in &servers.urls {
+            censuses.push(Census::start(url, ignore.clone()).await?);
+        }
         let phase = run_phase(work, Stop::both(CENSUS_OPS, CENSUS_MAX)).await?;
-        let counts = census.finish(&self.stats).await?;
+        let mut counts = CensusCounts::default();
+        for (census, stats) in censuses.into_iter().zip(&servers.stats) {
+            let one = census.finish(stats).await?;
+            counts.top.add(&one.top);
+            counts.script.add(&one.script);
+        }
         Ok((counts, phase.ops))
     }
 
@@ -466,13 +630,19 @@ impl Bench {
 
     /// Deletes every key the bench may have created.
     async fn cleanup(&mut self) -> anyhow::Result<()> {
-        self.stats.delete(&self.keys).await
+        if let Some(single) = &mut self.single {
+            single.cleanup().await?;
+        }
+        if let Some(quorum) = &mut self.quorum {
+            quorum.cleanup().await?;
+        }
+        Ok(())
     }
 }
 
-/// Connects one deadbolt client with the bench prefix.
-async fn connect_client(url: &str) -> anyhow::Result<Client> {
-    Client::builder(url)
+/// Connects one deadbolt client of `builder` with the bench prefix.
+async fn connect_client(builder: deadbolt::ClientBuilder) -> anyhow::Result<Client> {
+    builder
         .key_prefix(PREFIX)
         // A bench killed before its cleanup leaves fencing counters behind: let them go within
         // the hour instead of the default week.

@@ -78,7 +78,8 @@ use self::db::{DbKind, DemoDb, Sql};
 use self::likes::Likes;
 use self::report::Row;
 use self::tally::Tally;
-use crate::embedded::PrivateRedisArgs;
+use crate::connect::Topology;
+use crate::embedded::PrivateTopologyArgs;
 use crate::exit::{Interrupted, usage};
 
 /// Options of `deadbolt demo`.
@@ -109,7 +110,7 @@ the modes without a correct lock showed), 2 on bad input, 70 when a database or 
 130 when interrupted (the demo's schema, database or file is dropped first).")]
 pub(crate) struct LikesArgs {
     #[command(flatten)]
-    redis: PrivateRedisArgs,
+    redis: PrivateTopologyArgs,
 
     /// Users liking the movie at the same instant, one like each
     #[arg(long, value_name = "N", default_value_t = 1000)]
@@ -219,9 +220,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// # Errors
 ///
 /// Redis is unreachable or refuses.
-pub(crate) async fn connect_locks(url: &str) -> anyhow::Result<deadbolt::Client> {
-    let redis = crate::connect::Redis::given(url)?;
-    redis.connect(deadbolt::Client::builder(url)).await
+pub(crate) async fn connect_locks(redis: &Topology) -> anyhow::Result<deadbolt::Client> {
+    redis.connect(redis.builder()).await
 }
 
 /// An error and its causes as one message, leaving out a cause whose text the message already
@@ -287,8 +287,8 @@ async fn likes(args: LikesArgs) -> anyhow::Result<()> {
 struct Setup<'a> {
     args: &'a LikesArgs,
     db: &'a DemoDb,
-    /// The Redis URL of every process.
-    redis: String,
+    /// The Redis servers of every process.
+    redis: Topology,
     /// This process's likers (with one process) and the pool that resets and counts.
     likes: Arc<Likes>,
     /// Database connections per liker process: `--pool`, or fewer to fit the server's limit.
@@ -299,14 +299,14 @@ struct Setup<'a> {
 async fn run_modes(args: &LikesArgs, db: &DemoDb, modes: &[Mode]) -> anyhow::Result<()> {
     // Kept to the end: a private redis-server stops when its target is dropped.
     let target = args.redis.target()?;
-    let locks = connect_locks(target.url()).await?;
+    let locks = connect_locks(&target.topology).await?;
     let pool = fit_pool(args, db, db.connection_budget().await?)?;
     // With worker processes, this pool only resets and counts.
     let pool_size = if args.processes == 1 { pool } else { 1 };
     let setup = Setup {
         args,
         db,
-        redis: target.url().to_owned(),
+        redis: target.topology.clone(),
         likes: Arc::new(Likes {
             db: db.pool(pool_size).await?,
             locks,
@@ -409,7 +409,7 @@ fn print_header(args: &LikesArgs, db: &DemoDb, target: &crate::embedded::Target,
     };
     let where_redis = match &target.server {
         Some(server) => format!("a private redis-server on {}", server.addr()),
-        None => deadbolt::redact_url(target.url()),
+        None => target.topology.describe(),
     };
     let processes = match args.processes {
         1 => "1 process".to_owned(),

@@ -7,8 +7,10 @@
 //! - `deadbolt demo likes` shows, on a real database, why the lock goes around the transaction.
 //!
 //! `run` and `status` use the Redis of `--redis` (or `DEADBOLT_REDIS_URL`), by default
-//! `redis://127.0.0.1:6379` as `redis-cli` does, and fail when nothing answers there. `bench` and
-//! `demo` start a private `redis-server` when no URL is given, and say so.
+//! `redis://127.0.0.1:6379` as `redis-cli` does, and fail when nothing answers there. Several
+//! `--redis` (with `demo likes` too) make a Redlock over them, or with `--sharded` spread the
+//! locks over them (see [`connect::Topology`]). `bench` and `demo` start a private
+//! `redis-server` when no URL is given, and say so; `bench`'s Redlock workloads start five.
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -43,7 +45,8 @@ struct Cli {
 /// The text under `deadbolt --help`.
 const AFTER_HELP: &str = "\
 Environment:
-  DEADBOLT_REDIS_URL  the Redis URL when --redis is not given; run and status default to
+  DEADBOLT_REDIS_URL  the Redis URL when --redis is not given, or a comma-separated list of
+                      them (a Redlock, as several --redis); run and status default to
                       redis://127.0.0.1:6379 (as redis-cli), bench and demo start a private
                       redis-server
   DEADBOLT_LOG        what to log on stderr, as a tracing filter: warn (the default), info,

@@ -29,6 +29,15 @@ lock was not acquired within --wait (see --conflict-exit-code); 76 if the lock w
 the command ran; 70 if deadbolt itself failed (Redis unreachable or refusing, command not \
 found); 2 for a usage error; 128+N if signal N arrived while waiting for the lock.
 
+Several --redis make the lock a Redlock: taken on all the servers at once and held while a \
+majority of them grant it, within its lease less the time taking it took; a minority may fail or \
+lose the lock while the command runs. A majority must answer when deadbolt starts (70 names \
+those that do not; a minority that is down joins when it answers), and every client of a lock \
+must list the same servers. With --sharded, each lock lives on one of the servers instead, \
+chosen by its name. --cluster URL takes locks on a Redis Cluster (each on the master of its hash \
+slot); --sentinel HOST:PORT[,HOST:PORT]/MASTER on the master a set of Sentinels watches, \
+following a failover.
+
 The command runs in a process group of its own, as with timeout(1). SIGHUP, SIGINT, SIGQUIT \
 and SIGTERM sent to deadbolt are passed on to the whole group. When the lock is lost, the group \
 gets SIGTERM, then SIGKILL after --grace, and deadbolt exits 76 only once no process of the group \

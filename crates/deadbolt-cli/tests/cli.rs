@@ -5,7 +5,8 @@
 //! port, so a test that forgets `--redis` fails instead of touching a real server.
 //!
 //! Sections: running commands; the command's process group; the exit status; contention and
-//! failure; errors a user can act on; `status`; `bench`; help and logs.
+//! failure; errors a user can act on; `status`; several servers (Redlock, sharded); `bench`;
+//! help and logs.
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpListener;
@@ -14,7 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use deadbolt_testkit::RedisServer;
+use deadbolt_testkit::{RedisMasters, RedisServer};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -1018,6 +1019,294 @@ fn status_interrupted_exits_130() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Several servers: Redlock, sharded
+
+/// `--redis URL` for each of `urls`.
+fn redis_args(urls: &[String]) -> Vec<String> {
+    urls.iter()
+        .flat_map(|url| ["--redis".to_owned(), url.clone()])
+        .collect()
+}
+
+/// Whether lock `key` exists on `server`.
+fn holds(server: &RedisServer, key: &str) -> bool {
+    is_locked(server, key)
+}
+
+/// `deadbolt status --json` over `urls` (and `extra`), parsed.
+fn status_json(urls: &[String], extra: &[&str], name: &str) -> serde_json::Value {
+    let out = deadbolt()
+        .arg("status")
+        .args(redis_args(urls))
+        .args(extra)
+        .args([name, "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Four processes, each running `deadbolt run` ten times in a row over five Redlock masters,
+/// increment a counter file non-atomically (read, sleep, write): no increment is lost, and no
+/// lock is left on any server.
+#[test]
+fn redlock_runs_in_separate_processes_lose_no_increment() {
+    let masters = RedisMasters::start(5).unwrap();
+    let urls = masters.urls();
+    let dir = tempfile::tempdir().unwrap();
+    let counter = dir.path().join("counter");
+    std::fs::write(&counter, "0").unwrap();
+    let script = format!(
+        "n=$(cat {c}); sleep 0.02; echo $((n + 1)) > {c}",
+        c = counter.display()
+    );
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            let (urls, script) = (urls.clone(), script.clone());
+            std::thread::spawn(move || {
+                for _ in 0..10 {
+                    let out = deadbolt()
+                        .arg("run")
+                        .args(redis_args(&urls))
+                        .args(["--key", "counter", "--wait", "60s", "--", "sh", "-c"])
+                        .arg(&script)
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success(), "{out:?}");
+                }
+            })
+        })
+        .collect();
+    for one in loops {
+        one.join().unwrap();
+    }
+    let count = std::fs::read_to_string(&counter).unwrap();
+    assert_eq!(count.trim(), "40", "lost increments");
+    for server in masters.servers() {
+        assert!(
+            !holds(server, "counter"),
+            "left locked on {}",
+            server.addr()
+        );
+    }
+}
+
+/// With 3 of 5 masters down, `run` fails with 70 naming each dead server (and no live one),
+/// and does not run the command; `status` fails alike.
+#[test]
+fn redlock_with_three_of_five_down_exits_70_naming_them() {
+    let mut masters = RedisMasters::start(5).unwrap();
+    let urls = masters.urls();
+    let addrs: Vec<String> = masters.servers().iter().map(RedisServer::addr).collect();
+    let dead = [0, 2, 3];
+    for i in dead {
+        masters.servers_mut()[i].kill();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let out = deadbolt()
+        .arg("run")
+        .args(redis_args(&urls))
+        .args(["--key", "k", "--", "touch"])
+        .arg(&marker)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 70, "{out:?}");
+    assert!(!marker.exists(), "the command ran without a lock");
+    let text = stderr(&out);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("cannot connect to 3 of 5 redis servers"),
+        "{text}"
+    );
+    for (i, addr) in addrs.iter().enumerate() {
+        assert_eq!(
+            text.contains(&format!("{addr}:")) || text.ends_with(addr),
+            dead.contains(&i),
+            "{addr}: {text}"
+        );
+    }
+    let out = deadbolt()
+        .arg("status")
+        .args(redis_args(&urls))
+        .arg("k")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 70, "{out:?}");
+    assert!(stderr(&out).contains(&addrs[2]), "{}", stderr(&out));
+}
+
+/// `status` over five masters: the majority's view, then each server's, in text and JSON; a
+/// server that lost its copy shows as free while the majority still holds.
+#[test]
+fn status_across_five_redlock_nodes() {
+    let masters = RedisMasters::start(5).unwrap();
+    let urls = masters.urls();
+    let free = status_json(&urls, &[], "k");
+    assert_eq!(free["locked"], false);
+    assert_eq!(free["mode"], "redlock");
+    assert_eq!(free["needed"], 3);
+    assert_eq!(free["nodes"].as_array().unwrap().len(), 5);
+
+    let mut holder = deadbolt()
+        .arg("run")
+        .args(redis_args(&urls))
+        .args(["--key", "k", "--fence-env", "--", "sleep", "30"])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    for server in masters.servers() {
+        wait_locked(server, "k");
+    }
+    let held = status_json(&urls, &[], "k");
+    assert_eq!(held["locked"], true, "{held}");
+    assert!(held["ttl_ms"].as_u64().unwrap() > 20_000, "{held}");
+    assert!(held["fence"].as_u64().unwrap() > 0, "{held}");
+    for node in held["nodes"].as_array().unwrap() {
+        assert_eq!(node["locked"], true, "{held}");
+        assert_eq!(node["owner"], true, "{held}");
+    }
+
+    // Two servers lose their copy (as a restart without persistence would): the other three are
+    // still a majority.
+    for i in [1, 4] {
+        let _: () = redis_cmd(&masters.servers()[i], &["DEL", "deadbolt:{k}"]);
+    }
+    let out = deadbolt()
+        .arg("status")
+        .args(redis_args(&urls))
+        .arg("k")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("state  locked, expires in"), "{text}");
+    assert!(
+        text.contains("nodes  5 (redlock: held when 3 of 5 agree)"),
+        "{text}"
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let line_of = |i: usize| {
+        *lines
+            .iter()
+            .find(|l| l.trim_start().starts_with(&urls[i]))
+            .unwrap_or_else(|| panic!("no line for {}: {text}", urls[i]))
+    };
+    for i in 0..5 {
+        if i == 1 || i == 4 {
+            assert!(line_of(i).ends_with("free"), "{text}");
+        } else {
+            assert!(
+                line_of(i).contains("held by the owner, expires in"),
+                "{text}"
+            );
+        }
+    }
+    // A third one: no majority holds it any more.
+    let _: () = redis_cmd(&masters.servers()[0], &["DEL", "deadbolt:{k}"]);
+    let partial = status_json(&urls, &[], "k");
+    assert_eq!(partial["locked"], false, "{partial}");
+    let owners = partial["nodes"].as_array().unwrap().iter();
+    assert_eq!(
+        owners.filter(|n| n["locked"] == true).count(),
+        2,
+        "{partial}"
+    );
+    let out = deadbolt()
+        .arg("status")
+        .args(redis_args(&urls))
+        .arg("k")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("state  free: no majority holds it (2 of 5 servers hold a copy)"),
+        "{text}"
+    );
+    kill_group(&holder);
+    holder.wait().unwrap();
+}
+
+/// `--sharded` puts a lock on one server only; a comma-separated `DEADBOLT_REDIS_URL` is a list;
+/// bad combinations are usage errors (2).
+#[test]
+fn several_servers_sharded_and_from_the_environment() {
+    let masters = RedisMasters::start(3).unwrap();
+    let urls = masters.urls();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("held");
+    let out = deadbolt()
+        .arg("run")
+        .args(redis_args(&urls))
+        .args(["--sharded", "--key", "k", "--", "sh", "-c"])
+        .arg(format!("touch {}", marker.display()))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{out:?}");
+    assert!(marker.exists());
+    let mut holder = deadbolt()
+        .arg("run")
+        .args(redis_args(&urls))
+        .args(["--sharded", "--key", "k", "--", "sleep", "30"])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    let holding = loop {
+        let holding: Vec<usize> = (0..3)
+            .filter(|&i| holds(&masters.servers()[i], "k"))
+            .collect();
+        if !holding.is_empty() || Instant::now() > end {
+            break holding;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(holding.len(), 1, "{holding:?}");
+    let status = status_json(&urls, &["--sharded"], "k");
+    assert_eq!(status["locked"], true, "{status}");
+    assert_eq!(status["mode"], "sharded", "{status}");
+    kill_group(&holder);
+    holder.wait().unwrap();
+
+    // The environment may hold a list.
+    let out = deadbolt()
+        .env("DEADBOLT_REDIS_URL", urls.join(", "))
+        .args(["status", "k", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["mode"], "redlock", "{json}");
+    assert_eq!(json["nodes"].as_array().unwrap().len(), 3, "{json}");
+
+    for (args, want) in [
+        (
+            vec!["--redis", urls[0].as_str(), "--sharded"],
+            "--sharded needs several --redis URLs",
+        ),
+        (
+            vec!["--redis", urls[0].as_str(), "--redis", urls[0].as_str()],
+            "is given twice",
+        ),
+    ] {
+        let out = deadbolt()
+            .arg("status")
+            .args(&args)
+            .arg("k")
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 2, "{args:?}: {out:?}");
+        assert!(stderr(&out).contains(want), "{}", stderr(&out));
+    }
+    let out = deadbolt().args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("Redlock") && help.contains("--sharded"),
+        "{help}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // `bench`
 
 /// `bench` fails at once, with the same messages as the other commands, on an unreachable Redis
@@ -1087,6 +1376,131 @@ fn bench_interrupted_exits_130_after_cleaning_up() {
     assert!(server.keys().is_empty(), "{:?}", server.keys());
 }
 
+/// The ports of the 5 private servers a bench with floor3 or W3 announced on stderr.
+fn quorum_ports(stderr: &str) -> Vec<u16> {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("private redis-servers for floor3 and w3"))
+        .unwrap_or_else(|| panic!("no servers announced: {stderr}"));
+    let ports = line.split("ports ").nth(1).unwrap().trim_end_matches(')');
+    ports.split(", ").map(|p| p.parse().unwrap()).collect()
+}
+
+/// Whether something listens on loopback `port`.
+fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// W3 (Redlock over 5 private servers) and its floor run with W1 and report their rows and
+/// ratios, in JSON and in the table; the 5 servers are gone when the bench is. With `--redis`,
+/// they are a usage error.
+#[test]
+fn bench_w3_reports_floor3_and_w3_against_w1() {
+    let bench = |extra: &[&str]| {
+        deadbolt()
+            .env_remove("DEADBOLT_REDIS_URL")
+            .args([
+                "bench",
+                "--workload",
+                "w1",
+                "--workload",
+                "floor3",
+                "--workload",
+                "w3",
+            ])
+            .args(["--workers", "2", "--duration", "150ms", "--rounds", "1"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = bench(&["--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let labels: Vec<&str> = rows
+        .iter()
+        .map(|r| r["workload"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["W1", "floor3", "W3"], "{rows:?}");
+    let (w1, floor3, w3) = (&rows[0], &rows[1], &rows[2]);
+    assert_eq!(w1["nodes"], 1);
+    assert_eq!(w3["nodes"], 5);
+    for row in [floor3, w3] {
+        assert!(row["ops_done"].as_u64().unwrap() > 0, "{row}");
+        assert_eq!(row["errors"], 0, "{row}");
+        assert!(row["cycle_p50_us"].as_u64().is_some(), "{row}");
+        assert!(row["cycle_p99_us"].as_u64().is_some(), "{row}");
+    }
+    // SET, EVALSHA, and the script's GET and DEL, on each of the 5 nodes.
+    let floor3_cmds = floor3["cmds_per_acquisition"].as_f64().unwrap();
+    assert!((floor3_cmds - 20.0).abs() < 0.01, "{floor3}");
+    assert!(w3["cmds_per_acquisition"].as_f64().unwrap() >= 20.0, "{w3}");
+    assert!(w3["ratio_to_floor"].as_f64().unwrap() > 0.0, "{w3}");
+    assert!(w3["cycle_ratio_to_w1"].as_f64().unwrap() > 0.0, "{w3}");
+    for port in quorum_ports(&stderr(&out)) {
+        assert!(
+            !listening(port),
+            "a private server outlived the bench on {port}"
+        );
+    }
+
+    let out = bench(&[]);
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    for want in ["floor3 ", "W3 ", "W3 / floor3 = ", "W3 cycle / W1 cycle = "] {
+        assert!(table.contains(want), "{want}: {table}");
+    }
+
+    let server = RedisServer::start().unwrap();
+    let out = deadbolt()
+        .args(["bench", "--redis", &server.url(), "--workload", "w3"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{out:?}");
+    assert!(stderr(&out).contains("5 private redis-servers"), "{out:?}");
+}
+
+/// Ctrl-C during W3 exits 130 and stops the 5 private servers.
+#[test]
+fn bench_w3_interrupted_stops_its_servers() {
+    let mut child = deadbolt()
+        .env_remove("DEADBOLT_REDIS_URL")
+        .args(["bench", "--workload", "w3", "--duration", "20s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8];
+    while !String::from_utf8_lossy(&seen).contains("bench: W3") {
+        assert_eq!(
+            err.read(&mut byte).unwrap(),
+            1,
+            "{}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.push(byte[0]);
+    }
+    let ports = quorum_ports(&String::from_utf8_lossy(&seen));
+    assert_eq!(ports.len(), 5);
+    assert!(ports.iter().all(|&p| listening(p)));
+    std::thread::sleep(Duration::from_millis(300));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    let out = wait_with_limit(child, Duration::from_secs(10));
+    assert_eq!(code(&out), 130, "{out:?} {rest}");
+    for port in ports {
+        assert!(
+            !listening(port),
+            "a private server outlived the bench on {port}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Help and logs
 
@@ -1133,4 +1547,73 @@ fn logs_have_no_colour_codes_outside_a_terminal() {
     let stderr = stderr(&out);
     assert!(stderr.contains("DEBUG"), "{stderr}");
     assert!(!stderr.contains('\x1b'), "{stderr}");
+}
+
+/// `--cluster URL` takes the lock on a Redis Cluster (on the master of the name's slot) and
+/// `status` sees it there; `--sentinel` takes it on the master the Sentinels name.
+#[test]
+fn cluster_and_sentinel_flags() {
+    let cluster = deadbolt_testkit::RedisCluster::start().unwrap();
+    let seed = cluster.urls()[0].clone();
+    let out = deadbolt()
+        .args(["run", "--cluster", &seed, "--key", "in-cluster", "--"])
+        .args(["sh", "-c", "exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 3, "{out:?}");
+    let master = cluster.master_for_key("deadbolt:{in-cluster}").unwrap();
+    let calls = master.command_calls();
+    assert!(
+        calls.contains_key("set"),
+        "not taken on the slot's master: {calls:?}"
+    );
+    let out = deadbolt()
+        .args(["status", "--cluster", &seed, "in-cluster"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = deadbolt()
+        .args([
+            "run",
+            "--cluster",
+            &seed,
+            "--redis",
+            &seed,
+            "--key",
+            "x",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{out:?}");
+    drop(cluster);
+
+    let sentinels = deadbolt_testkit::RedisSentinels::start().unwrap();
+    let hosts: Vec<String> = sentinels.sentinels().iter().map(|s| s.addr()).collect();
+    let spec = format!("{}/{}", hosts.join(","), sentinels.master_name());
+    let out = deadbolt()
+        .args(["run", "--sentinel", &spec, "--key", "watched", "--"])
+        .args(["sh", "-c", "exit 4"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 4, "{out:?}");
+    let calls = sentinels.master().command_calls();
+    assert!(
+        calls.contains_key("set"),
+        "not taken on the master: {calls:?}"
+    );
+    let out = deadbolt()
+        .args([
+            "run",
+            "--sentinel",
+            "127.0.0.1:1/nobody",
+            "--key",
+            "x",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 70, "{out:?}");
 }

@@ -311,6 +311,36 @@ fn the_lock_works_across_processes() {
     assert_exact(row(&rows, "lock-around-tx"), 150);
 }
 
+/// With several `--redis`, every process takes the lock as a Redlock over them (the workers get
+/// the same servers), and every like is counted once.
+#[test]
+fn the_lock_works_across_processes_on_a_redlock() {
+    let _turn = turn();
+    let masters = deadbolt_testkit::RedisMasters::start(3).unwrap();
+    let mut args: Vec<String> = masters
+        .urls()
+        .into_iter()
+        .flat_map(|url| ["--redis".to_owned(), url])
+        .collect();
+    args.extend(
+        [
+            "--processes",
+            "2",
+            "--users",
+            "60",
+            "--mode",
+            "lock-around-tx",
+            "--json",
+        ]
+        .map(str::to_owned),
+    );
+    let run = demo(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(run.status.success(), "{run:?}");
+    let rows = run.rows();
+    assert_eq!(rows.len(), 1, "{run:?}");
+    assert_exact(row(&rows, "lock-around-tx"), 60);
+}
+
 #[test]
 fn postgres_correct_modes_count_every_like_and_the_schema_is_dropped() {
     all_modes_on(

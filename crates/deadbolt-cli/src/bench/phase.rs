@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use deadbolt::Connection;
 use deadbolt::{Client, ReleaseOutcome};
+use futures_util::future::join_all;
 use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 
@@ -14,9 +15,9 @@ use super::Workload;
 
 /// The name of W2's one lock.
 pub(crate) const W2_LOCK: &str = "w2";
-/// How long one acquisition may wait, in W1 and W2.
+/// How long one acquisition may wait, in W1, W2 and W3.
 const WAIT: Duration = Duration::from_secs(10);
-/// W1's fixed lease: far longer than a cycle, so it never expires mid-cycle.
+/// W1's (and W3's) fixed lease: far longer than a cycle, so it never expires mid-cycle.
 const W1_LEASE: Duration = Duration::from_secs(30);
 /// W2's fixed lease.
 const W2_LEASE: Duration = Duration::from_secs(5);
@@ -131,9 +132,43 @@ impl Floor {
     }
 }
 
-/// W1: uncontended acquire → release, one lock per worker, one shared client.
+/// floor3: the floor of a Redlock over several nodes, no library. Each cycle sends `SET NX PX`
+/// to every node at once, then compare-and-delete to every node at once: two parallel round
+/// trips, over the W3 client's own command connections.
 #[derive(Debug, Clone)]
-pub(crate) struct W1 {
+pub(crate) struct Floor3 {
+    /// One connection per node, as a deadbolt client has.
+    conns: Vec<Connection>,
+    /// The compare-and-delete script (`EVALSHA`, loaded on first use on each node).
+    script: Arc<redis::Script>,
+    /// One key per worker, the same on every node.
+    keys: Arc<Vec<String>>,
+}
+
+impl Floor3 {
+    /// The floor on `conns`, a Redlock client's command connections.
+    pub(crate) fn new(conns: Vec<Connection>, workers: usize) -> Floor3 {
+        Floor3 {
+            conns,
+            script: Arc::new(redis::Script::new(FLOOR_RELEASE)),
+            keys: Arc::new(
+                (0..workers)
+                    .map(|i| format!("{}:floor3:{i}", super::PREFIX))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The keys the floor uses (on every node).
+    pub(crate) fn keys(&self) -> &[String] {
+        &self.keys
+    }
+}
+
+/// W1 and W3: uncontended acquire → release, one lock per worker, one shared client (of one
+/// server for W1, a Redlock over several for W3).
+#[derive(Debug, Clone)]
+pub(crate) struct Uncontended {
     /// The one client of all workers.
     pub(crate) client: Client,
     /// One lock name per worker.
@@ -142,17 +177,17 @@ pub(crate) struct W1 {
     fenced: bool,
 }
 
-impl W1 {
-    /// W1 with `workers` workers on `client`.
-    pub(crate) fn new(client: Client, workers: usize, fenced: bool) -> W1 {
-        W1 {
+impl Uncontended {
+    /// `workers` workers on `client`, on locks `{prefix}:{i}`.
+    pub(crate) fn new(client: Client, prefix: &str, workers: usize, fenced: bool) -> Uncontended {
+        Uncontended {
             client,
-            names: Arc::new((0..workers).map(|i| format!("w1:{i}")).collect()),
+            names: Arc::new((0..workers).map(|i| format!("{prefix}:{i}")).collect()),
             fenced,
         }
     }
 
-    /// The lock names W1 uses.
+    /// The lock names the workers use.
     pub(crate) fn names(&self) -> &[String] {
         &self.names
     }
@@ -203,10 +238,14 @@ impl W2 {
 pub(crate) enum Work {
     /// See [`Floor`].
     Floor(Floor),
-    /// See [`W1`].
-    W1(W1),
+    /// See [`Uncontended`].
+    W1(Uncontended),
     /// See [`W2`].
     W2(W2),
+    /// See [`Floor3`].
+    Floor3(Floor3),
+    /// W1's loop on a Redlock client; see [`Uncontended`].
+    W3(Uncontended),
 }
 
 impl Work {
@@ -216,6 +255,8 @@ impl Work {
             Work::Floor(_) => Workload::Floor,
             Work::W1(_) => Workload::W1,
             Work::W2(_) => Workload::W2,
+            Work::Floor3(_) => Workload::Floor3,
+            Work::W3(_) => Workload::W3,
         }
     }
 }
@@ -348,7 +389,14 @@ pub(crate) async fn run_phase(work: &Work, stop: Stop) -> anyhow::Result<Phase> 
             }
             floor.keys.len()
         }
-        Work::W1(w1) => {
+        Work::Floor3(floor) => {
+            for (i, key) in floor.keys.iter().enumerate() {
+                let (floor, key, budget) = (floor.clone(), key.clone(), budget.clone());
+                workers.spawn(async move { (i, floor3_worker(floor, key, i, budget).await) });
+            }
+            floor.keys.len()
+        }
+        Work::W1(w1) | Work::W3(w1) => {
             for (i, name) in w1.names.iter().enumerate() {
                 let (client, name, budget) = (w1.client.clone(), name.clone(), budget.clone());
                 let fenced = w1.fenced;
@@ -446,6 +494,71 @@ async fn floor_worker(floor: Floor, key: String, worker: usize, budget: Arc<Budg
     phase
 }
 
+/// One floor3 worker: `SET NX PX` on every node at once, then compare-and-delete on every node
+/// at once, on its own key. A cycle counts when a majority granted the `SET` (all of them, when
+/// every node is up), as a Redlock's would.
+async fn floor3_worker(floor: Floor3, key: String, worker: usize, budget: Arc<Budget>) -> Phase {
+    let Floor3 {
+        mut conns, script, ..
+    } = floor;
+    let needed = conns.len() / 2 + 1;
+    let mut phase = Phase::empty();
+    let mut seq = 0u64;
+    while budget.next() {
+        seq += 1;
+        let token = format!("{worker}:{seq}");
+        let start = Instant::now();
+        let mut set = redis::cmd("SET");
+        set.arg(&key)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(FLOOR_PX_MS);
+        let replies = join_all(
+            conns
+                .iter_mut()
+                .map(|conn| set.query_async::<Option<String>>(conn)),
+        )
+        .await;
+        let granted = replies.iter().filter(|r| matches!(r, Ok(Some(_)))).count();
+        let acquired = Instant::now();
+        let mut release = script.key(&key);
+        release.arg(&token);
+        let deleted = join_all(
+            conns
+                .iter_mut()
+                .map(|conn| release.invoke_async::<i64>(conn)),
+        )
+        .await;
+        if granted < needed {
+            match replies.into_iter().find_map(Result::err) {
+                Some(err) => phase.error("floor3 set", err),
+                None => phase.error("floor3 set", "the key was already set"),
+            }
+            tokio::time::sleep(ERROR_BACKOFF).await;
+            continue;
+        }
+        let mut released = 0;
+        let mut failed = None;
+        for reply in deleted {
+            match reply {
+                Ok(n) => released += n,
+                Err(err) => failed = Some(err),
+            }
+        }
+        if let Some(err) = failed {
+            phase.error("floor3 release", err);
+            tokio::time::sleep(ERROR_BACKOFF).await;
+            continue;
+        }
+        if released < granted as i64 {
+            phase.expired += 1;
+        }
+        phase.done(start, acquired, Instant::now());
+    }
+    phase
+}
+
 /// W2's critical section: a deliberately non-atomic increment of a plain key.
 #[derive(Debug)]
 struct Section {
@@ -494,7 +607,7 @@ impl Section {
     }
 }
 
-/// One W1 or W2 worker: acquire → (W2: the section) → release on lock `name`.
+/// One W1, W2 or W3 worker: acquire → (W2: the section) → release on lock `name`.
 async fn lock_worker(
     client: Client,
     name: String,

@@ -82,8 +82,10 @@ pub(crate) struct Report {
     pub(crate) lost_updates: Option<i64>,
     /// W2: its ideal.
     ideal: Option<Ideal>,
-    /// W1: its ops/s over the floor's.
+    /// W1: its ops/s over the floor's; W3: over floor3's.
     ratio_to_floor: Option<f64>,
+    /// W3: its cycle p50 over W1's, when both ran.
+    cycle_ratio_to_w1: Option<f64>,
 }
 
 impl Report {
@@ -159,6 +161,7 @@ impl Report {
                 .flatten(),
             ideal,
             ratio_to_floor: None,
+            cycle_ratio_to_w1: None,
         })
     }
 
@@ -182,8 +185,16 @@ impl Report {
                     .collect(),
             )
         };
-        let fields: [(&str, Value); 29] = [
+        let fields: [(&str, Value); 31] = [
             ("workload", json!(self.workload.label())),
+            (
+                "nodes",
+                json!(if self.workload.on_quorum() {
+                    super::QUORUM_NODES
+                } else {
+                    1
+                }),
+            ),
             ("workers", json!(self.workers)),
             ("clients", json!(self.clients)),
             ("rounds", json!(self.rounds)),
@@ -241,6 +252,10 @@ impl Report {
                 "ratio_to_floor",
                 json!(self.ratio_to_floor.map(|r| round(r, 3))),
             ),
+            (
+                "cycle_ratio_to_w1",
+                json!(self.cycle_ratio_to_w1.map(|r| round(r, 3))),
+            ),
         ];
         // Built by hand to keep this order: serde_json's map would sort the keys.
         let body: Vec<String> = fields
@@ -251,17 +266,25 @@ impl Report {
     }
 }
 
-/// Fills in W1's ratio to the floor when both ran.
+/// Fills in W1's ratio to the floor, W3's to floor3, and W3's cycle to W1's, for those that ran.
 pub(crate) fn link_ratios(reports: &mut [Report]) {
-    let floor = reports
-        .iter()
-        .find(|r| r.workload == Workload::Floor)
-        .map(|r| r.ops_per_s);
-    if let (Some(floor), Some(w1)) = (
-        floor.filter(|f| *f > 0.0),
-        reports.iter_mut().find(|r| r.workload == Workload::W1),
-    ) {
-        w1.ratio_to_floor = Some(w1.ops_per_s / floor);
+    let find = |reports: &[Report], workload| reports.iter().position(|r| r.workload == workload);
+    for (lock, floor) in [
+        (Workload::W1, Workload::Floor),
+        (Workload::W3, Workload::Floor3),
+    ] {
+        if let (Some(lock), Some(floor)) = (find(reports, lock), find(reports, floor)) {
+            let floor = reports[floor].ops_per_s;
+            if floor > 0.0 {
+                reports[lock].ratio_to_floor = Some(reports[lock].ops_per_s / floor);
+            }
+        }
+    }
+    if let (Some(w3), Some(w1)) = (find(reports, Workload::W3), find(reports, Workload::W1))
+        && let (Some(w3_cycle), Some(w1_cycle)) =
+            (reports[w3].cycle_p50_us, reports[w1].cycle_p50_us)
+    {
+        reports[w3].cycle_ratio_to_w1 = (w1_cycle > 0).then(|| w3_cycle as f64 / w1_cycle as f64);
     }
 }
 
@@ -329,15 +352,46 @@ pub(crate) fn table(reports: &[Report]) -> String {
     let _ = writeln!(out);
     for r in reports {
         if let Some(ratio) = r.ratio_to_floor {
+            let floor_of = if r.workload == Workload::W3 {
+                Workload::Floor3
+            } else {
+                Workload::Floor
+            };
             let floor = reports
                 .iter()
-                .find(|f| f.workload == Workload::Floor)
+                .find(|f| f.workload == floor_of)
                 .map_or(0.0, |f| f.ops_per_s);
+            let (name, floor_name) = (r.workload.label(), floor_of.label());
             let _ = writeln!(
                 out,
-                "W1 / floor = {ratio:.2} (median of {} round(s): W1 {:.0} ops/s, floor {floor:.0} \
-                 ops/s)",
+                "{name} / {floor_name} = {ratio:.2} (median of {} round(s): {name} {:.0} ops/s, \
+                 {floor_name} {floor:.0} ops/s)",
                 r.rounds, r.ops_per_s
+            );
+        }
+        if let Some(ratio) = r.cycle_ratio_to_w1 {
+            let find = |w: Workload| reports.iter().find(|f| f.workload == w);
+            let w1 = find(Workload::W1);
+            let p = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+            // The same ratio without the library: how much of it the fan-out itself costs here.
+            let floors = match (
+                find(Workload::Floor3).and_then(|f| f.cycle_p50_us),
+                find(Workload::Floor).and_then(|f| f.cycle_p50_us),
+            ) {
+                (Some(f3), Some(f)) if f > 0 => {
+                    format!("; floor3 / floor cycle = {:.2}", f3 as f64 / f as f64)
+                }
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "W3 cycle / W1 cycle = {ratio:.2} (p50: W3 {} µs, W1 {} µs; p99: W3 {} µs, W1 {} \
+                 µs; redlock over {} nodes against one{floors})",
+                p(r.cycle_p50_us),
+                p(w1.and_then(|w| w.cycle_p50_us)),
+                p(r.cycle_p99_us),
+                p(w1.and_then(|w| w.cycle_p99_us)),
+                super::QUORUM_NODES
             );
         }
         if let (Some(ratio), Some(ideal)) = (r.ratio_to_ideal(), r.ideal) {

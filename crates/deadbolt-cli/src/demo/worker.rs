@@ -32,6 +32,7 @@ use super::db::{DbKind, DemoDb, Sql};
 use super::likes::Likes;
 use super::tally::Tally;
 use super::{Mode, connect_locks};
+use crate::connect::Topology;
 
 /// How long the parent waits for a worker to connect and say `ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -45,9 +46,15 @@ pub(crate) struct WorkerArgs {
     /// The schema or database the parent created ("" for SQLite)
     #[arg(long, default_value = "")]
     namespace: String,
-    /// The Redis URL the parent uses
+    /// The Redis servers the parent uses
+    #[arg(long, required_unless_present = "cluster")]
+    redis: Vec<String>,
+    /// Whether they are sharded rather than a Redlock
     #[arg(long)]
-    redis: String,
+    sharded: bool,
+    /// The Redis Cluster nodes the parent uses
+    #[arg(long)]
+    cluster: Vec<String>,
     /// The mode to run
     #[arg(long, value_enum)]
     mode: Mode,
@@ -77,7 +84,13 @@ pub(crate) async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let kind = DbKind::of_url(&args.database_url)?;
     let db = DemoDb::existing(kind, &args.database_url, &args.namespace);
     let pool = db.pool(args.pool).await?;
-    let locks = connect_locks(&args.redis).await?;
+    let locks = connect_locks(&Topology::from_flags(
+        &args.redis,
+        args.sharded,
+        &args.cluster,
+        None,
+    )?)
+    .await?;
     let likes = Arc::new(Likes {
         db: pool,
         locks,
@@ -112,8 +125,8 @@ pub(crate) async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
 pub(crate) struct Spawn<'a> {
     /// The demo's database.
     pub(crate) db: &'a DemoDb,
-    /// The Redis URL every process uses.
-    pub(crate) redis: &'a str,
+    /// The Redis servers every process uses.
+    pub(crate) redis: &'a Topology,
     /// The mode.
     pub(crate) mode: Mode,
     /// The movie.
@@ -197,7 +210,8 @@ pub(crate) async fn run_processes(
         }
         let mut child = Command::new(&exe)
             .args(["demo", "likes-worker", "--database-url", &spawn.db.url])
-            .args(["--namespace", &spawn.db.namespace, "--redis", spawn.redis])
+            .args(["--namespace", &spawn.db.namespace])
+            .args(spawn.redis.to_args())
             .args(["--mode", spawn.mode.name()])
             .args(["--movie", &spawn.movie.to_string()])
             .args(["--first-user", &(first + before).to_string()])
