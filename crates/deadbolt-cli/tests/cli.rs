@@ -88,7 +88,7 @@ fn wait_with_limit(child: Child, limit: Duration) -> Output {
     }
 }
 
-/// Every key of `server` that holds a deadbolt owner token (`dbt1-…`), with its value.
+/// Every key of `server` that holds a deadbolt owner token (`dbt2-…`), with its value.
 fn token_keys(server: &RedisServer) -> Vec<(String, String)> {
     let mut conn = server.connection();
     server
@@ -101,7 +101,7 @@ fn token_keys(server: &RedisServer) -> Vec<(String, String)> {
             }
             let value: Option<String> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
             let value = value?;
-            value.starts_with("dbt1-").then_some((key, value))
+            value.starts_with("dbt2-").then_some((key, value))
         })
         .collect()
 }

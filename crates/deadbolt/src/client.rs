@@ -330,7 +330,8 @@ async fn inspect_node(node: &Node, keys: &LockKeys, limit: Duration) -> Result<L
     Ok(LockInfo {
         locked: pttl != -2,
         ttl: u64::try_from(pttl).ok().map(Duration::from_millis),
-        owner,
+        // Without a waiter's mark: the token its holder knows.
+        owner: owner.map(|o| crate::token::unmarked(&o).to_owned()),
         fence,
     })
 }
@@ -357,7 +358,8 @@ pub struct LockInfo {
     pub locked: bool,
     /// Its remaining time to live; `None` when not locked or when the key has no expiry.
     pub ttl: Option<Duration>,
-    /// The holder's owner token: `dbt1-…` for a deadbolt client, anything else for a peer.
+    /// The holder's owner token: `dbt2-…` for a deadbolt client (as the holder wrote it, without
+    /// the `+w` a waiter appends to have its release published), anything else for a peer.
     pub owner: Option<String>,
     /// The last fencing token issued for this name, if the counter still exists.
     pub fence: Option<u64>,

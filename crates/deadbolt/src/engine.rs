@@ -18,8 +18,8 @@ use crate::node::Node;
 use crate::options::drift;
 use crate::place::{Placement, quorum};
 use crate::replicas::Replicas;
-use crate::scripts::{self, ACQUIRE, FENCE_QUORUM, MINT, RENEW};
-use crate::token::{Holder, holder_of};
+use crate::scripts::{self, ACQUIRE, FENCE_QUORUM, Lua, MINT, RENEW, WAIT};
+use crate::token::{Holder, holder_of, unmarked};
 
 /// What one attempt found.
 #[derive(Debug)]
@@ -72,9 +72,25 @@ pub(crate) fn node_timeout(lease: Duration, command_timeout: Duration) -> Durati
         .min(command_timeout)
 }
 
+/// How an attempt is made: the lease to set, and what comes with it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Try {
+    pub(crate) lease: Duration,
+    /// Mint the fencing token with the acquisition, the counter to live this long.
+    pub(crate) fence_ttl: Option<Duration>,
+    /// Confirm the write on replicas (`WAIT`).
+    pub(crate) replicas: Option<Replicas>,
+    /// Mark a deadbolt holder for its release to publish (a subscribed waiter).
+    pub(crate) mark: bool,
+}
+
 /// One try on one node, bounded by `limit` (plus the replica timeout): `SET key token NX PX
 /// lease GET`, or `acquire.lua` when `fence_ttl` is given (a fenced acquisition). A retry after an
 /// unknown outcome uses the same token, which the node then recognizes as ours.
+///
+/// `mark`: the caller is a waiter subscribed to the lock's channel, so the try is `wait.lua`
+/// (or `acquire.lua` asked to mark), which marks a deadbolt holder's token for its release to
+/// publish (see `scripts/release.lua`: an unmarked release publishes nothing).
 ///
 /// Replica-synced (`replicas`), the write goes pipelined with a `WAIT` on the node's connection
 /// for that (see `replicas.rs`), and the reply says how many replicas confirmed.
@@ -82,30 +98,44 @@ pub(crate) async fn attempt_on(
     node: &Node,
     key: &str,
     token: &str,
-    lease: Duration,
-    fence_ttl: Option<Duration>,
-    replicas: Option<Replicas>,
+    how: Try,
     limit: Duration,
 ) -> Result<Attempt> {
+    let Try {
+        lease,
+        fence_ttl,
+        replicas,
+        mark,
+    } = how;
     let mut conn = node.conn.get();
     let attempt = async {
         let mut confirmed = None;
+        // Sends `write` (of `script`, if one), with a `WAIT` when replica-synced.
+        let mut send =
+            async |write: &redis::Cmd, script: Option<&Lua>| -> redis::RedisResult<redis::Value> {
+                match (replicas, &node.replicated) {
+                    (Some(r), Some(sync)) => {
+                        let (reply, n) = crate::replicas::send(sync, write, script, r).await?;
+                        confirmed = Some(n);
+                        Ok(reply)
+                    }
+                    _ => match script {
+                        Some(script) => script.run(write, &mut conn, None).await,
+                        None => write.query_async(&mut conn).await,
+                    },
+                }
+            };
         if let Some(fence_ttl) = fence_ttl {
             let mut call = ACQUIRE.call(2);
             call.arg(key)
                 .arg(fence_key(key))
                 .arg(token)
                 .arg(lease.as_millis() as u64)
-                .arg(fence_ttl.as_millis() as u64);
+                .arg(fence_ttl.as_millis() as u64)
+                .arg(u8::from(mark));
             // {1, fence} or {0, pttl, holder}. The whole attempt is bounded below.
-            let reply: Vec<redis::Value> = match (replicas, &node.replicated) {
-                (Some(r), Some(sync)) => {
-                    let (reply, n) = crate::replicas::send(sync, &call, Some(&ACQUIRE), r).await?;
-                    confirmed = Some(n);
-                    redis::FromRedisValue::from_redis_value(reply)?
-                }
-                _ => ACQUIRE.run(&call, &mut conn, None).await?,
-            };
+            let reply: Vec<redis::Value> =
+                redis::FromRedisValue::from_redis_value(send(&call, Some(&ACQUIRE)).await?)?;
             let int = |i: usize| match reply.get(i) {
                 Some(redis::Value::Int(n)) => *n,
                 _ => -2,
@@ -123,21 +153,35 @@ pub(crate) async fn attempt_on(
                 Attempt::Held(holder_of(holder.as_deref(), int(1)))
             });
         }
-        // Nil: set, the lock is ours. A value: the holder's token, left alone (NX).
-        let mut set = redis::cmd("SET");
-        set.arg(key)
-            .arg(token)
-            .arg("NX")
-            .arg("PX")
-            .arg(lease.as_millis() as u64)
-            .arg("GET");
-        let previous: Option<String> = match (replicas, &node.replicated) {
-            (Some(r), Some(sync)) => {
-                let (reply, n) = crate::replicas::send(sync, &set, None, r).await?;
-                confirmed = Some(n);
-                redis::FromRedisValue::from_redis_value(reply)?
+        // The holder's value (nil: the lock is now ours) and, from `wait.lua`, a peer's PTTL.
+        let (previous, pttl): (Option<String>, Option<i64>) = if mark {
+            let mut call = WAIT.call(1);
+            call.arg(key).arg(token).arg(lease.as_millis() as u64);
+            // nil, {holder} or {holder, pttl}.
+            let reply: Option<Vec<redis::Value>> =
+                redis::FromRedisValue::from_redis_value(send(&call, Some(&WAIT)).await?)?;
+            match reply.as_deref() {
+                None => (None, None),
+                Some([holder, rest @ ..]) => {
+                    let holder: String = redis::FromRedisValue::from_redis_value(holder.clone())?;
+                    let pttl = match rest.first() {
+                        Some(redis::Value::Int(n)) => Some(*n),
+                        _ => None,
+                    };
+                    (Some(holder), pttl)
+                }
+                Some([]) => (Some(String::new()), None),
             }
-            _ => set.query_async(&mut conn).await?,
+        } else {
+            let mut set = redis::cmd("SET");
+            set.arg(key)
+                .arg(token)
+                .arg("NX")
+                .arg("PX")
+                .arg(lease.as_millis() as u64)
+                .arg("GET");
+            let reply = send(&set, None).await?;
+            (redis::FromRedisValue::from_redis_value(reply)?, None)
         };
         let acquired = Attempt::Acquired {
             fence: None,
@@ -145,14 +189,15 @@ pub(crate) async fn attempt_on(
         };
         Ok(match previous {
             None => acquired,
-            // A retry after an ambiguous outcome: the earlier try landed.
-            Some(holder) if holder == token => acquired,
-            Some(holder) => match holder_of(Some(&holder), 0) {
-                Holder::Peer { .. } => {
+            // A retry after an ambiguous outcome: the earlier try landed (and a waiter may have
+            // marked it since).
+            Some(holder) if unmarked(&holder) == token => acquired,
+            Some(holder) => match holder_of(Some(&holder), pttl.unwrap_or(0)) {
+                Holder::Peer { .. } if pttl.is_none() => {
                     let pttl: i64 = conn.pttl(key).await?;
                     Attempt::Held(holder_of(Some(&holder), pttl))
                 }
-                deadbolt => Attempt::Held(deadbolt),
+                held => Attempt::Held(held),
             },
         })
     };
@@ -182,14 +227,21 @@ pub(crate) async fn attempt_quorum(
     key: &str,
     token: &str,
     lease: Duration,
+    mark: bool,
     command_timeout: Duration,
 ) -> (Result<Attempt>, bool) {
     let limit = node_timeout(lease, command_timeout);
+    let how = Try {
+        lease,
+        fence_ttl: None,
+        replicas: None,
+        mark,
+    };
     let sent = Instant::now();
     let replies = join_all(
         nodes
             .iter()
-            .map(|node| attempt_on(node, key, token, lease, None, None, limit)),
+            .map(|node| attempt_on(node, key, token, how, limit)),
     )
     .await;
     let needed = quorum(nodes.len());

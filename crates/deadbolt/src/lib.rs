@@ -73,7 +73,7 @@
 //! The lock key (see [`key`]) is a plain string holding the owner token with a `PX` expiry, as
 //! redsync, node-redlock and redis-py's `Lock` use: a peer locking the same key is mutually
 //! excluded with deadbolt. Peers publish nothing on release, so while a peer holds the lock
-//! (its token is not a `dbt1-…` one) our waiters re-check every 50 ms ± 20 % instead of sleeping
+//! (its token is not a `dbt2-…` one) our waiters re-check every 50 ms ± 20 % instead of sleeping
 //! until woken, with or without a TTL on the peer's key; peers mint no fencing tokens.
 //!
 //! # Faults

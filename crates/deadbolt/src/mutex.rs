@@ -266,8 +266,10 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
             .collect();
         let mut released = pin!(any_notified(&notifies));
         released.as_mut().enable();
+        // A subscribed waiter marks a deadbolt holder, so that its release publishes.
+        let mark = !notifies.is_empty() && !inner.degraded(place);
         let sent = Instant::now();
-        let holder = match pending.attempt(&name, lease, fenced, replicas).await {
+        let holder = match pending.attempt(&name, lease, fenced, replicas, mark).await {
             Ok(Attempt::Acquired {
                 fence,
                 replicas: confirmed,
@@ -503,6 +505,7 @@ impl Pending {
         lease: Duration,
         fenced: bool,
         replicas: Option<Replicas>,
+        mark: bool,
     ) -> Result<Attempt> {
         self.armed = true;
         let inner = &self.inner;
@@ -512,8 +515,13 @@ impl Pending {
                 let node = &inner.nodes[i];
                 let limit = inner.command_timeout;
                 let (key, token) = (&self.key, &self.token);
-                let attempt =
-                    engine::attempt_on(node, key, token, lease, fence_ttl, replicas, limit).await;
+                let how = engine::Try {
+                    lease,
+                    fence_ttl,
+                    replicas,
+                    mark,
+                };
+                let attempt = engine::attempt_on(node, key, token, how, limit).await;
                 if !matches!(attempt, Err(ref e) if e.is_transient()) {
                     // Held, or refused by Redis: nothing of ours was written.
                     self.armed = matches!(attempt, Ok(Attempt::Acquired { .. }));
@@ -527,6 +535,7 @@ impl Pending {
                     &self.key,
                     &self.token,
                     lease,
+                    mark,
                     inner.command_timeout,
                 )
                 .await;

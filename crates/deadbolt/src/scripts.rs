@@ -89,6 +89,7 @@ pub(crate) fn load_all() -> redis::Pipeline {
         &*FENCE_QUORUM,
         &*RELEASE,
         &*RENEW,
+        &*WAIT,
     ] {
         pipe.cmd("SCRIPT").arg("LOAD").arg(script.code).ignore();
     }
@@ -114,6 +115,11 @@ pub(crate) static FENCE_QUORUM: LazyLock<Lua> =
 /// Compare-and-delete plus publish: see `scripts/release.lua`.
 pub(crate) static RELEASE: LazyLock<Lua> =
     LazyLock::new(|| Lua::new(include_str!("scripts/release.lua")));
+
+/// `SET NX PX` of a subscribed waiter, which marks a deadbolt holder so that its release
+/// publishes: see `scripts/wait.lua`.
+pub(crate) static WAIT: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new(include_str!("scripts/wait.lua")));
 
 /// Owner-checked `PEXPIRE` over a batch: see `scripts/renew.lua`.
 pub(crate) static RENEW: LazyLock<Lua> =
@@ -160,6 +166,7 @@ mod tests {
             &*FENCE_QUORUM,
             &*RELEASE,
             &*RENEW,
+            &*WAIT,
             &*FENCED_SET,
         ] {
             let hash: String = redis::cmd("SCRIPT")

@@ -4,8 +4,23 @@ use std::time::Duration;
 
 use rand::RngExt;
 
-/// The prefix of every deadbolt owner token, which tells our holders from peers'.
-const TOKEN_PREFIX: &str = "dbt1-";
+/// The prefix of every deadbolt owner token, which tells our holders from peers'. `dbt2`: a
+/// release publishes only when a waiter marked its token (see `scripts/release.lua`); `dbt1`
+/// holders, which compare their token exactly, are never marked and count as peers.
+const TOKEN_PREFIX: &str = "dbt2-";
+
+/// What a waiter appends to a holder's owner token (`wait.lua`, `acquire.lua`): a release
+/// publishes only when its token was marked, so an uncontended one costs no `PUBLISH`.
+const MARK: &str = "+w";
+
+/// A lock key's value without a waiter's mark: the owner token as its holder wrote it. Only
+/// deadbolt tokens are ever marked; any other value is returned as it is.
+pub(crate) fn unmarked(value: &str) -> &str {
+    match value.strip_suffix(MARK) {
+        Some(token) if token.starts_with(TOKEN_PREFIX) => token,
+        _ => value,
+    }
+}
 
 /// Who holds the lock, as far as an attempt could tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +64,7 @@ impl Holder {
 }
 
 /// A fresh owner token: 128 random bits from the thread-local CSPRNG, and the lease, so a waiter
-/// that reads the token knows how long to wait at most: `dbt1-<32 hex digits>-<lease in ms>`,
+/// that reads the token knows how long to wait at most: `dbt2-<32 hex digits>-<lease in ms>`,
 /// with `-q` after it when this client may not publish its releases (`quiet`).
 pub(crate) fn new_token(lease: Duration, quiet: bool) -> String {
     // By hand, a byte at a time: `format!("{:032x}")` costs more than the rest of the
@@ -81,9 +96,9 @@ pub(crate) fn new_token(lease: Duration, quiet: bool) -> String {
     String::from_utf8(token).unwrap_or_default()
 }
 
-/// Reads a holder's token (`None`: the key is gone) and the key's TTL.
+/// Reads a holder's token (`None`: the key is gone; maybe marked by a waiter) and the key's TTL.
 pub(crate) fn holder_of(token: Option<&str>, pttl: i64) -> Holder {
-    let Some(token) = token else {
+    let Some(token) = token.map(unmarked) else {
         return Holder::Gone;
     };
     let lease = token
@@ -133,9 +148,19 @@ mod tests {
             Holder::Peer { pttl: -1 }
         ));
         assert!(matches!(
-            holder_of(Some("dbt1-short-10"), 5),
+            holder_of(Some("dbt2-short-10"), 5),
             Holder::Peer { pttl: 5 }
         ));
+        // Marked by a waiter: the same holder.
+        assert!(matches!(
+            holder_of(Some(&format!("{token}+w")), 1000),
+            Holder::Deadbolt { lease, quiet: false } if lease == Duration::from_millis(1500)
+        ));
+        assert_eq!(unmarked(&format!("{token}+w")), token);
+        assert_eq!(unmarked("peer+w"), "peer+w");
+        // An older deadbolt's holder is never marked, so it counts as a peer.
+        let old = token.replacen("dbt2-", "dbt1-", 1);
+        assert!(matches!(holder_of(Some(&old), 5), Holder::Peer { pttl: 5 }));
         assert!(matches!(holder_of(None, 5), Holder::Gone));
         assert!(matches!(holder_of(Some(&token), -2), Holder::Gone));
     }

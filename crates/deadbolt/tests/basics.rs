@@ -130,7 +130,7 @@ async fn inspect_reports_ttl_and_fence() {
     assert!(info.locked);
     assert!(info.ttl.unwrap() > ms(4000));
     assert_eq!(info.fence, None, "nothing minted before first use");
-    assert!(info.owner.unwrap().starts_with("dbt1-"));
+    assert!(info.owner.unwrap().starts_with("dbt2-"));
     let token = guard.fencing_token().await.unwrap();
     assert_eq!(locks.inspect("a").await.unwrap().fence, Some(token));
     guard.release().await.unwrap();

@@ -95,7 +95,7 @@ async fn a_deadline_passing_mid_attempt_leaves_no_lock_behind() {
                     .query(&mut server.connection())
                     .unwrap();
                 assert!(
-                    !holder.as_deref().unwrap_or("").starts_with("dbt1-"),
+                    !holder.as_deref().unwrap_or("").starts_with("dbt2-"),
                     "round {round}: a deadbolt token was left after {err}"
                 );
             }

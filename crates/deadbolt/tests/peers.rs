@@ -176,7 +176,8 @@ async fn a_waiter_does_not_poll_a_deadbolt_holder_and_rechecks_a_peer_at_a_bound
     // The line's subscription ends in the background.
     assert!(eventually(ms(2000), || subscribers(&server, channel) == 0).await);
 
-    // The same waiter behind a peer: SET (held) and PTTL every 50 ms ± 20 %.
+    // The same waiter behind a peer: every 50 ms ± 20 %, one EVALSHA of wait.lua (the waiter is
+    // subscribed), which runs SET (held), GET and PTTL: one round trip, four commands.
     crate::util::raw(
         &server,
         &["SET", "deadbolt:{a}", &peer_token(), "PX", "10000"],
@@ -195,7 +196,7 @@ async fn a_waiter_does_not_poll_a_deadbolt_holder_and_rechecks_a_peer_at_a_bound
     let (all, sets) = commands_during(&server, ms(1000)).await;
     println!("peer holder, 1 s: {all} commands, {sets} SETs");
     assert!((12..=30).contains(&sets), "{sets} re-checks in 1 s");
-    assert!(all <= 2 * sets + 1, "{all} commands for {sets} re-checks");
+    assert!(all <= 4 * sets + 1, "{all} commands for {sets} re-checks");
     crate::util::raw(&server, &["DEL", "deadbolt:{a}"]);
     let theirs = task.await.unwrap().unwrap();
     assert_eq!(theirs.release().await.unwrap(), ReleaseOutcome::Released);

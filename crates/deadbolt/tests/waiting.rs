@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use deadbolt::Client;
 
-use crate::util::{assert_clean, client, eventually, ms, setup, subscribers};
+use crate::util::{assert_clean, client, eventually, ms, raw, setup, subscribers, waiter};
 
 /// A waiter wakes on the release message, not at the end of the holder's 10 s lease.
 #[tokio::test]
@@ -146,10 +146,12 @@ async fn commands_per_acquisition_do_not_grow_with_wait_time() {
         calls[1], calls[2],
         "waiter commands grew with the wait: {calls:?}"
     );
-    // The waiter: SET (held), SUBSCRIBE, SET (held), SET (acquired), its release (EVALSHA, GET,
-    // DEL, PUBLISH) and UNSUBSCRIBE; the holder's release (EVALSHA, GET, DEL, PUBLISH). The
-    // holder's PUBSUB NUMSUB (its PUBLISH reached someone) is left out above with the test's own.
-    assert_eq!(calls[2], 13, "{calls:?}");
+    // The waiter: SET (held), SUBSCRIBE, its subscribed try that marks the holder (EVALSHA,
+    // SET, GET, SET KEEPTTL), its subscribed try that acquires (EVALSHA, SET), its release
+    // (EVALSHA, GET, DEL: nobody marked it, so no PUBLISH) and UNSUBSCRIBE; the holder's release
+    // (EVALSHA, GET, DEL, PUBLISH: marked). The holder's PUBSUB NUMSUB (its PUBLISH reached
+    // someone) is left out above with the test's own.
+    assert_eq!(calls[2], 16, "{calls:?}");
     assert_clean(&server);
 }
 
@@ -195,5 +197,139 @@ async fn client_recovers_after_a_redis_restart() {
         tokio::time::sleep(ms(50)).await;
     }
     assert!(ok, "no lock after the restart");
+    assert_clean(&server);
+}
+
+/// What the key of lock `name` (default prefix) holds.
+fn stored(server: &deadbolt_testkit::RedisServer, name: &str) -> Option<String> {
+    redis::cmd("GET")
+        .arg(format!("deadbolt:{{{name}}}"))
+        .query(&mut server.connection())
+        .unwrap()
+}
+
+/// Nobody waits, so a release publishes nothing: to Redis it is a bare compare-and-delete, plain
+/// or fenced, also by a client whose line is still subscribed after contention.
+#[tokio::test]
+async fn an_uncontended_release_publishes_nothing() {
+    let (server, locks) = setup().await;
+    let other = client(&server).await;
+    // Contention first, so that the scripts are loaded and a line was subscribed once.
+    let guard = locks.lock("a").acquire().await.unwrap();
+    let task = waiter(&other, "a", Duration::from_secs(5));
+    assert!(
+        eventually(ms(2000), || subscribers(&server, "deadbolt:{a}:released")
+            == 1)
+        .await
+    );
+    guard.release().await.unwrap();
+    let (theirs, _) = task.await.unwrap();
+    theirs.unwrap().release().await.unwrap();
+
+    server.reset_stats();
+    for fenced in [false, true] {
+        for client in [&locks, &other] {
+            let builder = client.lock("a").lease(Duration::from_secs(30));
+            let builder = if fenced { builder.fenced() } else { builder };
+            let guard = builder.acquire().await.unwrap();
+            guard.fencing_token().await.unwrap();
+            assert_eq!(
+                guard.release().await.unwrap(),
+                deadbolt::ReleaseOutcome::Released
+            );
+        }
+    }
+    let calls = server.command_calls();
+    assert_eq!(calls.get("publish"), None, "{calls:?}");
+    assert_eq!(calls.get("del"), Some(&4), "{calls:?}");
+    assert_clean(&server);
+}
+
+/// A subscribed waiter marks its holder's token (`+w`), plain or fenced; the mark survives the
+/// holder's extend and minting, `inspect` shows the token without it, and the release publishes
+/// once and wakes the waiter at once, long before the holder's 30 s lease.
+#[tokio::test]
+async fn a_waiter_marks_its_holder_whose_release_then_wakes_it() {
+    let (server, holder) = setup().await;
+    let other = client(&server).await;
+    for fenced in [false, true] {
+        let mut guard = holder
+            .lock("a")
+            .lease(Duration::from_secs(30))
+            .acquire()
+            .await
+            .unwrap();
+        let token = stored(&server, "a").unwrap();
+        assert!(
+            token.starts_with("dbt2-") && !token.ends_with("+w"),
+            "{token}"
+        );
+        let task = {
+            let other = other.clone();
+            tokio::spawn(async move {
+                let builder = other.lock("a").wait(Duration::from_secs(10));
+                let builder = if fenced { builder.fenced() } else { builder };
+                let r = builder.acquire().await;
+                (r, Instant::now())
+            })
+        };
+        let marked = format!("{token}+w");
+        assert!(
+            eventually(ms(2000), || stored(&server, "a").as_deref()
+                == Some(&marked))
+            .await,
+            "fenced {fenced}: not marked: {:?}",
+            stored(&server, "a")
+        );
+        let info = holder.inspect("a").await.unwrap();
+        assert_eq!(info.owner.as_deref(), Some(token.as_str()));
+        guard.extend(Duration::from_secs(30)).await.unwrap();
+        guard.fencing_token().await.unwrap();
+        assert_eq!(stored(&server, "a").as_deref(), Some(marked.as_str()));
+        // Past its last try: asleep on the channel, bounded only by the 30 s lease.
+        tokio::time::sleep(ms(100)).await;
+        server.reset_stats();
+        let released = Instant::now();
+        assert_eq!(
+            guard.release().await.unwrap(),
+            deadbolt::ReleaseOutcome::Released
+        );
+        let (theirs, acquired) = task.await.unwrap();
+        let latency = acquired - released;
+        assert!(
+            latency < ms(500),
+            "fenced {fenced}: woken {latency:?} after the release"
+        );
+        assert_eq!(server.command_calls().get("publish"), Some(&1));
+        theirs.unwrap().release().await.unwrap();
+    }
+    assert_clean(&server);
+}
+
+/// Values a waiter leaves alone: an older deadbolt's token (it compares its own exactly), a
+/// quiet holder's (it cannot publish) and a peer's. The waiter re-checks them instead.
+#[tokio::test]
+async fn a_waiter_marks_no_older_quiet_or_peer_token() {
+    let (server, locks) = setup().await;
+    let random = "0123456789abcdef0123456789abcdef";
+    for value in [
+        format!("dbt1-{random}-30000"),
+        format!("dbt2-{random}-30000-q"),
+        random.to_owned(),
+    ] {
+        raw(&server, &["SET", "deadbolt:{a}", &value, "PX", "30000"]);
+        let task = waiter(&locks, "a", Duration::from_secs(5));
+        assert!(
+            eventually(ms(2000), || subscribers(&server, "deadbolt:{a}:released")
+                == 1)
+            .await
+        );
+        // Several re-checks.
+        tokio::time::sleep(ms(200)).await;
+        assert_eq!(stored(&server, "a"), Some(value.clone()));
+        raw(&server, &["DEL", "deadbolt:{a}"]);
+        let (r, _) = task.await.unwrap();
+        r.unwrap().release().await.unwrap();
+    }
     assert_clean(&server);
 }

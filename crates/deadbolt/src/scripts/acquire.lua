@@ -6,9 +6,11 @@
 -- ARGV[1]: the owner token, unique per acquisition
 -- ARGV[2]: the lease, in milliseconds
 -- ARGV[3]: how long the fencing counter outlives its last use, in milliseconds
+-- ARGV[4]: 1 when the caller is a waiter subscribed to the lock's channel: a deadbolt holder's
+--          token is then marked for its release to publish, as wait.lua does; else 0
 -- returns: {1, fence} when the lock is ours;
 --          {0, pttl, holder} when another owner holds it (pttl is -1 when that owner's key has
---          no expiry, as a peer without TTL leaves it);
+--          no expiry, as a peer without TTL leaves it; holder as it was before any mark);
 --          the error "WRONGTYPE <key>" when a key holds something else
 
 -- Reads that can fail come before any write: a script is not rolled back, and a lock taken by a
@@ -30,11 +32,18 @@ end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local holder = get(KEYS[1])
   if type(holder) == 'table' then return holder end
-  if holder ~= ARGV[1] then
+  if holder ~= ARGV[1] and holder ~= ARGV[1] .. '+w' then
+    -- Only an unmarked deadbolt token of a holder that may publish (not quiet, `-q`); the
+    -- pattern is the whole token, so no peer's value is touched. See wait.lua.
+    local random = ARGV[4] == '1' and string.match(holder, '^dbt2%-(%x+)%-%d+$')
+    if random and #random == 32 then
+      redis.call('SET', KEYS[1], holder .. '+w', 'KEEPTTL')
+    end
     return {0, redis.call('PTTL', KEYS[1]), holder}
   end
-  -- A retry after an ambiguous outcome (a timeout): the first attempt landed. Nobody else can
-  -- have minted a token since, so the counter still holds ours.
+  -- A retry after an ambiguous outcome (a timeout): the first attempt landed (and a waiter
+  -- may have marked it since). Nobody else can have minted a token since, so the counter still
+  -- holds ours.
   if last then
     return {1, tonumber(last)}
   end

@@ -4,7 +4,7 @@
 --
 -- KEYS[1]: the lock key (holds the owner token)
 -- KEYS[2]: the fencing counter key (same hash slot as KEYS[1])
--- ARGV[1]: the owner token
+-- ARGV[1]: the owner token (the key holds it, or it plus '+w' once a waiter marked it)
 -- ARGV[2]: how long the fencing counter outlives its last use, in milliseconds
 -- ARGV[3]: 0 to propose; else the token to write (the counter becomes the larger of the two)
 -- returns: {1, token} proposed or written; {0} the lock is gone; {-1} another owner holds it;
@@ -14,7 +14,7 @@ local ok, holder = pcall(redis.call, 'GET', KEYS[1])
 if not ok then
   return {-1}
 end
-if holder ~= ARGV[1] then
+if holder ~= ARGV[1] and holder ~= ARGV[1] .. '+w' then
   return {holder and -1 or 0}
 end
 
