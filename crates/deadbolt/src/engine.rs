@@ -10,7 +10,11 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use redis::AsyncCommands;
-use tokio::time::{Instant, timeout};
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::task::Poll;
+
+use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::error::{Error, NodeOutcome, Result, Vote, is_transient};
 use crate::key::fence_key;
@@ -101,6 +105,16 @@ pub(crate) async fn attempt_on(
     how: Try,
     limit: Duration,
 ) -> Result<Attempt> {
+    let limit = limit + how.replicas.map_or(Duration::ZERO, |r| r.timeout);
+    outcome(
+        node,
+        key,
+        timeout(limit, try_on(node, key, token, how)).await.ok(),
+    )
+}
+
+/// [`attempt_on`] without its bound, for a fan-out that bounds all nodes at once.
+async fn try_on(node: &Node, key: &str, token: &str, how: Try) -> redis::RedisResult<Attempt> {
     let Try {
         lease,
         fence_ttl,
@@ -201,17 +215,21 @@ pub(crate) async fn attempt_on(
             },
         })
     };
-    let limit = limit + replicas.map_or(Duration::ZERO, |r| r.timeout);
-    match timeout(limit, attempt).await {
-        Err(_) => Err(Error::no_reply()),
-        Ok(Ok(attempt)) => Ok(attempt),
-        Ok(Err(err)) if is_transient(&err) => {
+    attempt.await
+}
+
+/// An attempt's reply (`None`: none in time) as the engine reports it.
+fn outcome(node: &Node, key: &str, reply: Option<redis::RedisResult<Attempt>>) -> Result<Attempt> {
+    match reply {
+        None => Err(Error::no_reply()),
+        Some(Ok(attempt)) => Ok(attempt),
+        Some(Err(err)) if is_transient(&err) => {
             // `READONLY` means the node was demoted by a failover (see `conn.rs`).
             node.conn.saw_error(&err);
             Err(Error::Redis(err))
         }
         // Redis refused the command (say WRONGTYPE): nothing was written.
-        Ok(Err(err)) => Err(Error::from_redis(err, key)),
+        Some(Err(err)) => Err(Error::from_redis(err, key)),
     }
 }
 
@@ -238,12 +256,16 @@ pub(crate) async fn attempt_quorum(
         mark,
     };
     let sent = Instant::now();
-    let replies = join_all(
-        nodes
-            .iter()
-            .map(|node| attempt_on(node, key, token, how, limit)),
+    let replies = join_until(
+        sent + limit,
+        nodes.iter().map(|n| try_on(n, key, token, how)),
     )
     .await;
+    let replies: Vec<Result<Attempt>> = nodes
+        .iter()
+        .zip(replies)
+        .map(|(node, reply)| outcome(node, key, reply))
+        .collect();
     let needed = quorum(nodes.len());
     let won = replies
         .iter()
@@ -265,11 +287,14 @@ pub(crate) async fn attempt_quorum(
         .collect();
     // Bounded like the attempt: a silent node must not hold up the wait. What is not confirmed
     // is released again when the acquisition ends (see `Pending` in `mutex.rs`).
-    let released = join_all(mine.iter().map(|n| async move {
-        scripts::release(&mut n.conn.get(), key, token, false, n.cluster, limit).await
-    }))
+    let released = join_until(
+        Instant::now() + limit,
+        mine.iter().map(|n| async move {
+            scripts::release(&mut n.conn.get(), key, token, false, n.cluster, None).await
+        }),
+    )
     .await;
-    let cleaned = released.iter().all(|r| r.is_ok());
+    let cleaned = released.iter().all(|r| matches!(r, Some(Ok(_))));
     let answered = replies.iter().filter(|r| r.is_ok()).count();
     if answered < needed || won >= needed {
         // Too few answers, or a majority that came too late to leave any validity.
@@ -288,6 +313,38 @@ pub(crate) async fn attempt_quorum(
         })
         .fold(Holder::Gone, Holder::longest);
     (Ok(Attempt::Held(holder)), cleaned)
+}
+
+/// Runs `futures` at once until all are done or `deadline` passes, with one timer for all of
+/// them (a fan-out to N nodes would otherwise start N): `None` for those not done in time.
+async fn join_until<F: Future>(
+    deadline: Instant,
+    futures: impl Iterator<Item = F>,
+) -> Vec<Option<F::Output>> {
+    let mut running: Vec<Option<Pin<Box<F>>>> = futures.map(|f| Some(Box::pin(f))).collect();
+    let mut done: Vec<Option<F::Output>> = running.iter().map(|_| None).collect();
+    let mut expired = pin!(sleep_until(deadline));
+    poll_fn(|cx| {
+        let mut all = true;
+        for (slot, out) in running.iter_mut().zip(done.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => {
+                        *out = Some(value);
+                        *slot = None;
+                    }
+                    Poll::Pending => all = false,
+                }
+            }
+        }
+        if all || expired.as_mut().poll(cx).is_ready() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    done
 }
 
 /// The vote of a node whose step failed.
@@ -314,10 +371,12 @@ pub(crate) async fn release<'a>(
     own_subscription: bool,
     limit: Duration,
 ) -> Result<i64> {
-    let release_on = |node: &'a Node| async move {
+    // Bounded here on one node; by the fan-out's single timer on a quorum.
+    let bound = matches!(place, Placement::One(_)).then_some(limit);
+    let release_on = move |node: &'a Node| async move {
         let mut conn = node.conn.get();
         let code =
-            scripts::release(&mut conn, key, token, own_subscription, node.cluster, limit).await;
+            scripts::release(&mut conn, key, token, own_subscription, node.cluster, bound).await;
         if let Ok(3) = code {
             // Redis refused the PUBLISH: this user may not use the channels (any more). Later
             // tokens say so, so waiters re-check instead of waiting for a message.
@@ -334,7 +393,12 @@ pub(crate) async fn release<'a>(
         }
         Placement::Quorum => nodes,
     };
-    let codes = join_all(nodes.iter().map(release_on)).await;
+    let codes: Vec<redis::RedisResult<i64>> =
+        join_until(Instant::now() + limit, nodes.iter().map(release_on))
+            .await
+            .into_iter()
+            .map(|c| c.unwrap_or_else(|| Err(crate::error::no_reply_error())))
+            .collect();
     let needed = quorum(nodes.len());
     let released = codes.iter().filter(|c| matches!(c, Ok(1..))).count();
     if released >= needed {

@@ -139,14 +139,14 @@ pub(crate) async fn release(
     token: &str,
     own_subscription: bool,
     sharded: bool,
-    limit: Duration,
+    limit: Option<Duration>,
 ) -> RedisResult<i64> {
     let mut call = RELEASE.call(1);
     call.arg(key)
         .arg(token)
         .arg(u8::from(own_subscription))
         .arg(u8::from(sharded));
-    RELEASE.run(&call, conn, Some(limit)).await
+    RELEASE.run(&call, conn, limit).await
 }
 
 #[cfg(test)]
