@@ -10,19 +10,21 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use redis::AsyncCommands;
-use std::future::{Future, poll_fn};
-use std::pin::{Pin, pin};
-use std::task::Poll;
+use tokio::time::{Instant, timeout};
 
-use tokio::time::{Instant, sleep_until, timeout};
+mod mint;
+mod quorum;
 
-use crate::error::{Error, NodeOutcome, Result, Vote, is_transient};
+pub(crate) use mint::{Minted, mint};
+pub(crate) use quorum::attempt_quorum;
+use quorum::{join_until, no_quorum, vote_of};
+
+use crate::error::{Error, Result, Vote, is_transient};
 use crate::key::fence_key;
 use crate::node::Node;
-use crate::options::drift;
 use crate::place::{Placement, quorum};
 use crate::replicas::Replicas;
-use crate::scripts::{self, ACQUIRE, FENCE_QUORUM, Lua, MINT, RENEW, WAIT};
+use crate::scripts::{self, ACQUIRE, Lua, RENEW, WAIT};
 use crate::token::{Holder, holder_of, unmarked};
 
 /// What one attempt found.
@@ -233,129 +235,6 @@ fn outcome(node: &Node, key: &str, reply: Option<redis::RedisResult<Attempt>>) -
     }
 }
 
-/// One try on every node at once. Acquired when a majority took the lock and its validity
-/// (`lease − elapsed − drift`) is still positive. Otherwise the lock is released on every node
-/// that may have it (those that took it, and those whose reply never came: their `SET` may have
-/// landed) before this returns, and the second value says whether that clean-up was confirmed.
-///
-/// The error, when too few nodes answered, is [`Error::NoQuorum`] with each node's outcome.
-pub(crate) async fn attempt_quorum(
-    nodes: &[Node],
-    name: &str,
-    key: &str,
-    token: &str,
-    lease: Duration,
-    mark: bool,
-    command_timeout: Duration,
-) -> (Result<Attempt>, bool) {
-    let limit = node_timeout(lease, command_timeout);
-    let how = Try {
-        lease,
-        fence_ttl: None,
-        replicas: None,
-        mark,
-    };
-    let sent = Instant::now();
-    let replies = join_until(
-        sent + limit,
-        nodes.iter().map(|n| try_on(n, key, token, how)),
-    )
-    .await;
-    let replies: Vec<Result<Attempt>> = nodes
-        .iter()
-        .zip(replies)
-        .map(|(node, reply)| outcome(node, key, reply))
-        .collect();
-    let needed = quorum(nodes.len());
-    let won = replies
-        .iter()
-        .filter(|r| matches!(r, Ok(Attempt::Acquired { .. })))
-        .count();
-    if won >= needed && Instant::now() + drift(lease) < sent + lease {
-        let acquired = Attempt::Acquired {
-            fence: None,
-            replicas: None,
-        };
-        return (Ok(acquired), true);
-    }
-    // Give back what we may hold: every node but those another owner holds.
-    let mine: Vec<&Node> = nodes
-        .iter()
-        .zip(&replies)
-        .filter(|(_, r)| !matches!(r, Ok(Attempt::Held(_))))
-        .map(|(n, _)| n)
-        .collect();
-    // Bounded like the attempt: a silent node must not hold up the wait. What is not confirmed
-    // is released again when the acquisition ends (see `Pending` in `mutex.rs`).
-    let released = join_until(
-        Instant::now() + limit,
-        mine.iter().map(|n| async move {
-            scripts::release(&mut n.conn.get(), key, token, false, n.cluster, None).await
-        }),
-    )
-    .await;
-    let cleaned = released.iter().all(|r| matches!(r, Some(Ok(_))));
-    let answered = replies.iter().filter(|r| r.is_ok()).count();
-    if answered < needed || won >= needed {
-        // Too few answers, or a majority that came too late to leave any validity.
-        let votes = replies.iter().map(|r| match r {
-            Ok(Attempt::Acquired { .. }) => Vote::Ours,
-            Ok(Attempt::Held(_)) => Vote::Held,
-            Err(e) => vote_of(e),
-        });
-        return (Err(no_quorum(nodes, name, votes)), cleaned);
-    }
-    let holder = replies
-        .into_iter()
-        .filter_map(|r| match r {
-            Ok(Attempt::Held(h)) => Some(h),
-            _ => None,
-        })
-        .fold(Holder::Gone, Holder::longest);
-    (Ok(Attempt::Held(holder)), cleaned)
-}
-
-/// Runs `futures` at once until all are done or `deadline` passes, with one timer for all of
-/// them (a fan-out to N nodes would otherwise start N): `None` for those not done in time.
-async fn join_until<F: Future>(
-    deadline: Instant,
-    futures: impl Iterator<Item = F>,
-) -> Vec<Option<F::Output>> {
-    let mut running: Vec<Option<Pin<Box<F>>>> = futures.map(|f| Some(Box::pin(f))).collect();
-    let mut done: Vec<Option<F::Output>> = running.iter().map(|_| None).collect();
-    let mut expired = pin!(sleep_until(deadline));
-    poll_fn(|cx| {
-        let mut all = true;
-        for (slot, out) in running.iter_mut().zip(done.iter_mut()) {
-            if let Some(future) = slot {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(value) => {
-                        *out = Some(value);
-                        *slot = None;
-                    }
-                    Poll::Pending => all = false,
-                }
-            }
-        }
-        if all || expired.as_mut().poll(cx).is_ready() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    })
-    .await;
-    done
-}
-
-/// The vote of a node whose step failed.
-fn vote_of(err: &Error) -> Vote {
-    match err {
-        Error::Redis(e) if e.is_timeout() => Vote::TimedOut,
-        Error::Redis(e) => Vote::Failed(e.to_string()),
-        other => Vote::Failed(other.to_string()),
-    }
-}
-
 /// Releases the lock on its nodes if it is still ours there, waking waiters: the code of
 /// `release.lua` (1 released, 2 released with other clients waiting, 3 released without telling
 /// waiters, 0 already expired, -1 held by another owner). On a quorum, released means released
@@ -476,139 +355,4 @@ pub(crate) async fn renew(
             }
         })
         .collect()
-}
-
-/// What minting a fencing token found.
-#[derive(Debug)]
-pub(crate) enum Minted {
-    Token(u64),
-    Lost(Renewal),
-}
-
-/// Mints the fencing token of a lock held on `place`.
-///
-/// On one node: `mint.lua`, owner-checked. On a quorum, in two fan-outs: every node where the
-/// lock is ours proposes `max(its counter + 1, its clock in µs)`; the token is the largest
-/// proposal of a majority, and it is written back to every node before it is returned, at least a
-/// majority confirming. Any two majorities share a node, so the next holder's proposals include
-/// a counter at least this token: tokens increase across holders as long as no node forgets its
-/// counter (a restart without persistence) while the majorities it was part of still count.
-pub(crate) async fn mint(
-    nodes: &[Node],
-    place: Placement,
-    name: &str,
-    key: &str,
-    token: &str,
-    fence_ttl: Duration,
-    limit: Duration,
-) -> Result<Minted> {
-    let fence_key = fence_key(key);
-    if let Placement::One(i) = place {
-        let mut call = MINT.call(2);
-        call.arg(key)
-            .arg(&fence_key)
-            .arg(token)
-            .arg(fence_ttl.as_millis() as u64);
-        let mut reply: redis::RedisResult<Vec<i64>> = Err(crate::error::no_reply_error());
-        // One retry after a connection-level failure: minting twice only skips a token.
-        for _ in 0..2 {
-            reply = MINT.run(&call, &mut nodes[i].conn.get(), Some(limit)).await;
-            if !reply.as_ref().is_err_and(is_transient) {
-                break;
-            }
-        }
-        let reply = reply.map_err(|e| Error::from_redis(e, &fence_key))?;
-        return minted(&reply);
-    }
-    let step = |value: u64| {
-        let mut call = FENCE_QUORUM.call(2);
-        call.arg(key)
-            .arg(&fence_key)
-            .arg(token)
-            .arg(fence_ttl.as_millis() as u64)
-            .arg(value);
-        let fence_key = &fence_key;
-        join_all(nodes.iter().map(move |node| {
-            let call = call.clone();
-            async move {
-                FENCE_QUORUM
-                    .run::<Vec<i64>>(&call, &mut node.conn.get(), Some(limit))
-                    .await
-                    .map_err(|e| Error::from_redis(e, fence_key))
-            }
-        }))
-    };
-    let proposals = step(0).await;
-    let fence = match tally(nodes, name, &proposals)? {
-        Minted::Token(fence) => fence,
-        lost => return Ok(lost),
-    };
-    let written = step(fence).await;
-    tally(nodes, name, &written)
-}
-
-/// The largest token a majority of nodes answered, or why there is none.
-fn tally(nodes: &[Node], name: &str, replies: &[Result<Vec<i64>>]) -> Result<Minted> {
-    let needed = quorum(nodes.len());
-    let mut best = None;
-    let (mut ours, mut gone, mut taken) = (0, 0, 0);
-    for reply in replies {
-        match reply.as_deref() {
-            Ok([1, value]) => {
-                ours += 1;
-                best = best.max(Some(*value as u64));
-            }
-            Ok([0, ..]) => gone += 1,
-            Ok(_) => taken += 1,
-            Err(Error::WrongType { key }) => return Err(Error::WrongType { key: key.clone() }),
-            Err(_) => {}
-        }
-    }
-    match best {
-        Some(fence) if ours >= needed => Ok(Minted::Token(fence)),
-        _ if gone + taken > replies.len() - needed => Ok(Minted::Lost(if taken > 0 {
-            Renewal::Taken
-        } else {
-            Renewal::Expired
-        })),
-        _ => Err(no_quorum(
-            nodes,
-            name,
-            replies.iter().map(|r| match r.as_deref() {
-                Ok([1, ..]) => Vote::Ours,
-                Ok([0, ..]) => Vote::Gone,
-                Ok(_) => Vote::Held,
-                Err(e) => vote_of(e),
-            }),
-        )),
-    }
-}
-
-/// [`Error::NoQuorum`] for lock `name`, with each node's vote.
-fn no_quorum(nodes: &[Node], name: &str, votes: impl Iterator<Item = Vote>) -> Error {
-    Error::NoQuorum {
-        name: name.to_owned(),
-        needed: quorum(nodes.len()),
-        nodes: nodes
-            .iter()
-            .zip(votes)
-            .map(|(node, vote)| NodeOutcome {
-                addr: node.addr.clone(),
-                vote,
-            })
-            .collect(),
-    }
-}
-
-/// Reads `mint.lua`'s reply.
-fn minted(reply: &[i64]) -> Result<Minted> {
-    match reply {
-        [1, fence] => Ok(Minted::Token(*fence as u64)),
-        [0, ..] => Ok(Minted::Lost(Renewal::Expired)),
-        [_, ..] => Ok(Minted::Lost(Renewal::Taken)),
-        [] => Err(Error::Redis(redis::RedisError::from((
-            redis::ErrorKind::UnexpectedReturnType,
-            "empty reply from the fencing script",
-        )))),
-    }
 }
