@@ -1,8 +1,7 @@
 //! Taking a lock: [`LockBuilder`] and the wait loop behind `acquire`.
 
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -19,8 +18,12 @@ use crate::key::{channel, lock_key, validate_name};
 use crate::options::{Lease, LockOptions, drift};
 use crate::place::Placement;
 use crate::queue::Ticket;
-use crate::replicas::Replicas;
 use crate::token::{Holder, new_token};
+use crate::waiters::any_notified;
+
+mod pending;
+
+use pending::Pending;
 
 /// Options for one acquisition of lock `name`, from [`Client::lock`].
 ///
@@ -436,40 +439,6 @@ async fn subscribe(
     }
 }
 
-/// Resolves when any of `notifies` is notified. Enable it before the try whose miss it covers.
-fn any_notified(notifies: &[Arc<Notify>]) -> AnyNotified<'_> {
-    AnyNotified {
-        waits: notifies.iter().map(|n| Box::pin(n.notified())).collect(),
-    }
-}
-
-/// The future of [`any_notified`]; pending forever when there is nothing to wait on.
-struct AnyNotified<'a> {
-    waits: Vec<Pin<Box<tokio::sync::futures::Notified<'a>>>>,
-}
-
-impl AnyNotified<'_> {
-    /// Registers every wait, so a notification from now on is not missed.
-    fn enable(self: Pin<&mut Self>) {
-        for wait in &mut self.get_mut().waits {
-            wait.as_mut().enable();
-        }
-    }
-}
-
-impl Future for AnyNotified<'_> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        for wait in &mut self.get_mut().waits {
-            if wait.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(());
-            }
-        }
-        Poll::Pending
-    }
-}
-
 /// `err` as the error of the lock's node being unavailable, when it is about the connection.
 fn unavailable(inner: &Inner, place: Placement, err: Error) -> Error {
     match place {
@@ -482,104 +451,4 @@ fn unavailable(inner: &Inner, place: Placement, err: Error) -> Error {
 /// `d` ± 20 %.
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::rng().random_range(0.8..1.2))
-}
-
-/// An acquisition in flight. If an attempt may have taken the lock (it timed out, or its
-/// connection dropped) and the acquisition then gives up, the lock is released: awaited before
-/// `acquire` returns, or in the background if `acquire` is dropped.
-struct Pending {
-    inner: Arc<Inner>,
-    place: Placement,
-    key: String,
-    token: String,
-    armed: bool,
-}
-
-impl Pending {
-    /// One try, bounded by the command timeout (on a quorum, by the node timeout). After a
-    /// failure of the connection the outcome is unknown; the next try uses the same token, which
-    /// Redis then recognizes as ours.
-    async fn attempt(
-        &mut self,
-        name: &str,
-        lease: Duration,
-        fenced: bool,
-        replicas: Option<Replicas>,
-        mark: bool,
-    ) -> Result<Attempt> {
-        self.armed = true;
-        let inner = &self.inner;
-        match self.place {
-            Placement::One(i) => {
-                let fence_ttl = fenced.then_some(inner.fence_ttl);
-                let node = &inner.nodes[i];
-                let limit = inner.command_timeout;
-                let (key, token) = (&self.key, &self.token);
-                let how = engine::Try {
-                    lease,
-                    fence_ttl,
-                    replicas,
-                    mark,
-                };
-                let attempt = engine::attempt_on(node, key, token, how, limit).await;
-                if !matches!(attempt, Err(ref e) if e.is_transient()) {
-                    // Held, or refused by Redis: nothing of ours was written.
-                    self.armed = matches!(attempt, Ok(Attempt::Acquired { .. }));
-                }
-                attempt
-            }
-            Placement::Quorum => {
-                let (attempt, cleaned) = engine::attempt_quorum(
-                    &inner.nodes,
-                    name,
-                    &self.key,
-                    &self.token,
-                    lease,
-                    mark,
-                    inner.command_timeout,
-                )
-                .await;
-                self.armed = !cleaned || matches!(attempt, Ok(Attempt::Acquired { .. }));
-                attempt
-            }
-        }
-    }
-
-    /// Releases what an attempt with an unknown outcome may have taken, within `limit`; left to
-    /// the background (see `Drop`) if that fails too.
-    async fn clean_up(&mut self, limit: Duration) {
-        if !self.armed {
-            return;
-        }
-        let nodes = &self.inner.nodes;
-        let (place, key, token) = (self.place, &self.key, &self.token);
-        if engine::release(nodes, place, key, key, token, false, limit)
-            .await
-            .is_ok()
-        {
-            self.armed = false;
-        }
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (nodes, place, limit, key, token) = (
-            self.inner.nodes.clone(),
-            self.place,
-            self.inner.command_timeout,
-            std::mem::take(&mut self.key),
-            std::mem::take(&mut self.token),
-        );
-        tracing::debug!(%key, "acquisition abandoned; releasing in the background");
-        rt.spawn(async move {
-            let _ = engine::release(&nodes, place, &key, &key, &token, false, limit).await;
-        });
-    }
 }

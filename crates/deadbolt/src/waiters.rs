@@ -16,8 +16,10 @@
 //! and its waiters fall back to bounded re-checks instead of failing.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use redis::{PushInfo, PushKind, Value};
@@ -279,5 +281,39 @@ async fn dispatch(
             }
             _ => {}
         }
+    }
+}
+
+/// Resolves when any of `notifies` is notified. Enable it before the try whose miss it covers.
+pub(crate) fn any_notified(notifies: &[Arc<Notify>]) -> AnyNotified<'_> {
+    AnyNotified {
+        waits: notifies.iter().map(|n| Box::pin(n.notified())).collect(),
+    }
+}
+
+/// The future of [`any_notified`]; pending forever when there is nothing to wait on.
+pub(crate) struct AnyNotified<'a> {
+    waits: Vec<Pin<Box<tokio::sync::futures::Notified<'a>>>>,
+}
+
+impl AnyNotified<'_> {
+    /// Registers every wait, so a notification from now on is not missed.
+    pub(crate) fn enable(self: Pin<&mut Self>) {
+        for wait in &mut self.get_mut().waits {
+            wait.as_mut().enable();
+        }
+    }
+}
+
+impl Future for AnyNotified<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        for wait in &mut self.get_mut().waits {
+            if wait.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
     }
 }

@@ -1,0 +1,111 @@
+//! [`Pending`]: an acquisition in flight, and the clean-up of an attempt whose outcome is
+//! unknown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::client::Inner;
+use crate::engine::{self, Attempt};
+use crate::error::Result;
+use crate::place::Placement;
+use crate::replicas::Replicas;
+
+/// An acquisition in flight. If an attempt may have taken the lock (it timed out, or its
+/// connection dropped) and the acquisition then gives up, the lock is released: awaited before
+/// `acquire` returns, or in the background if `acquire` is dropped.
+pub(crate) struct Pending {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) place: Placement,
+    pub(crate) key: String,
+    pub(crate) token: String,
+    pub(crate) armed: bool,
+}
+
+impl Pending {
+    /// One try, bounded by the command timeout (on a quorum, by the node timeout). After a
+    /// failure of the connection the outcome is unknown; the next try uses the same token, which
+    /// Redis then recognizes as ours.
+    pub(crate) async fn attempt(
+        &mut self,
+        name: &str,
+        lease: Duration,
+        fenced: bool,
+        replicas: Option<Replicas>,
+        mark: bool,
+    ) -> Result<Attempt> {
+        self.armed = true;
+        let inner = &self.inner;
+        match self.place {
+            Placement::One(i) => {
+                let fence_ttl = fenced.then_some(inner.fence_ttl);
+                let node = &inner.nodes[i];
+                let limit = inner.command_timeout;
+                let (key, token) = (&self.key, &self.token);
+                let how = engine::Try {
+                    lease,
+                    fence_ttl,
+                    replicas,
+                    mark,
+                };
+                let attempt = engine::attempt_on(node, key, token, how, limit).await;
+                if !matches!(attempt, Err(ref e) if e.is_transient()) {
+                    // Held, or refused by Redis: nothing of ours was written.
+                    self.armed = matches!(attempt, Ok(Attempt::Acquired { .. }));
+                }
+                attempt
+            }
+            Placement::Quorum => {
+                let (attempt, cleaned) = engine::attempt_quorum(
+                    &inner.nodes,
+                    name,
+                    &self.key,
+                    &self.token,
+                    lease,
+                    mark,
+                    inner.command_timeout,
+                )
+                .await;
+                self.armed = !cleaned || matches!(attempt, Ok(Attempt::Acquired { .. }));
+                attempt
+            }
+        }
+    }
+
+    /// Releases what an attempt with an unknown outcome may have taken, within `limit`; left to
+    /// the background (see `Drop`) if that fails too.
+    pub(crate) async fn clean_up(&mut self, limit: Duration) {
+        if !self.armed {
+            return;
+        }
+        let nodes = &self.inner.nodes;
+        let (place, key, token) = (self.place, &self.key, &self.token);
+        if engine::release(nodes, place, key, key, token, false, limit)
+            .await
+            .is_ok()
+        {
+            self.armed = false;
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (nodes, place, limit, key, token) = (
+            self.inner.nodes.clone(),
+            self.place,
+            self.inner.command_timeout,
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.token),
+        );
+        tracing::debug!(%key, "acquisition abandoned; releasing in the background");
+        rt.spawn(async move {
+            let _ = engine::release(&nodes, place, &key, &key, &token, false, limit).await;
+        });
+    }
+}
