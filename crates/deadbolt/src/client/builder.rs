@@ -1,0 +1,209 @@
+//! [`ClientBuilder`]: a client's settings, checked, and the connection of its nodes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::sync::Notify;
+
+use super::{Client, Inner, MAX_FENCE_TTL, MAX_NODES, redact_url};
+use crate::error::{Error, Result};
+use crate::key::{self, DEFAULT_PREFIX};
+use crate::node::{Node, Settings, parse_url};
+use crate::place::Mode;
+use crate::queue::LocalQueue;
+use crate::watchdog::Watchdog;
+
+/// Settings for a [`Client`], from [`Client::builder`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    urls: Vec<String>,
+    mode: Mode,
+    prefix: String,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    fence_ttl: Duration,
+    #[cfg(feature = "tls")]
+    pub(crate) tls_root_cert: Option<crate::tls::RootCert>,
+}
+
+impl ClientBuilder {
+    pub(super) fn new(urls: Vec<String>, mode: Mode) -> ClientBuilder {
+        ClientBuilder {
+            urls,
+            mode,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            command_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            fence_ttl: Duration::from_secs(7 * 24 * 60 * 60),
+            #[cfg(feature = "tls")]
+            tls_root_cert: None,
+        }
+    }
+
+    /// The prefix of every key; the default is `"deadbolt"`. Use `""` for none.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long to wait for the reply to any one command; the default is 1 s. A command that
+    /// timed out may still have run: lock scripts are idempotent per owner token for that reason.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// How long one connection attempt may take; the default is 1 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a lock's fencing counter outlives its last use; the default is 7 days, the
+    /// allowed range 1 s to [`MAX_FENCE_TTL`] (a year).
+    /// After that the counter is gone and tokens continue from the server clock (see
+    /// [`LockScope::fencing_token`](crate::LockScope::fencing_token)).
+    pub fn fence_ttl(mut self, ttl: Duration) -> Self {
+        self.fence_ttl = ttl;
+        self
+    }
+
+    /// Connects, checks the credentials, and starts the watchdog.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a malformed URL or out-of-range setting;
+    /// [`Error::Connect`] when the server cannot be reached or refuses the credentials.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn connect(self) -> Result<Client> {
+        key::validate_prefix(&self.prefix)?;
+        for (what, d) in [
+            ("command timeout", self.command_timeout),
+            ("connect timeout", self.connect_timeout),
+        ] {
+            if d < Duration::from_millis(1) || d > Duration::from_secs(600) {
+                return Err(Error::invalid(
+                    what,
+                    format!("{d:?} is outside 1ms to 10min"),
+                ));
+            }
+        }
+        if self.fence_ttl < Duration::from_secs(1) || self.fence_ttl > MAX_FENCE_TTL {
+            return Err(Error::invalid(
+                "fence ttl",
+                format!("{:?} is outside 1s to {MAX_FENCE_TTL:?}", self.fence_ttl),
+            ));
+        }
+        self.check_nodes()?;
+        let settings = Settings {
+            prefix: self.prefix.clone(),
+            command_timeout: self.command_timeout,
+            connect_timeout: self.connect_timeout,
+            #[cfg(feature = "tls")]
+            tls_root_cert: self.tls_root_cert.clone(),
+        };
+        let disconnected = Arc::new(Notify::new());
+        let nodes = if self.mode == Mode::Cluster {
+            vec![Node::connect_cluster(&self.urls, &settings, disconnected.clone()).await?]
+        } else {
+            let tries = join_all(
+                self.urls
+                    .iter()
+                    .map(|url| Node::connect(url, &settings, disconnected.clone())),
+            )
+            .await;
+            self.some_may_be_down(tries, &settings, &disconnected)?
+        };
+        let nodes: Arc<[Node]> = nodes.into();
+        let addrs = nodes.iter().map(|n| n.addr.clone()).collect();
+        let watchdog = Watchdog::start(nodes.clone(), self.command_timeout, disconnected);
+        let inner = Arc::new(Inner {
+            nodes,
+            addrs,
+            mode: self.mode,
+            watchdog,
+            queue: LocalQueue::default(),
+            prefix: self.prefix,
+            command_timeout: self.command_timeout,
+            fence_ttl: self.fence_ttl,
+        });
+        Ok(Client { inner })
+    }
+
+    /// The nodes of a Redlock or sharded client, from the connection attempts to each. A node
+    /// that did not answer (refused, silent) joins later, when it answers, as long as enough
+    /// others did: a majority for Redlock, one for sharding. Any other failure (credentials, a
+    /// Redis too old) is an error, as is a single server that did not answer.
+    fn some_may_be_down(
+        &self,
+        tries: Vec<Result<Node>>,
+        settings: &Settings,
+        disconnected: &Arc<Notify>,
+    ) -> Result<Vec<Node>> {
+        let needed = match self.mode {
+            Mode::Redlock => crate::place::quorum(self.urls.len()),
+            Mode::Sharded => 1,
+            Mode::Single | Mode::Cluster => self.urls.len(),
+        };
+        let up = tries.iter().filter(|t| t.is_ok()).count();
+        let mut nodes = Vec::with_capacity(tries.len());
+        for (url, node) in self.urls.iter().zip(tries) {
+            match node {
+                Ok(node) => nodes.push(node),
+                Err(err)
+                    if up >= needed
+                        && err.is_transient()
+                        && !crate::sentinel::is_sentinel_url(url) =>
+                {
+                    tracing::warn!(url = %redact_url(url), error = %err, "redis did not answer; it joins when it does");
+                    nodes.push(Node::connect_later(url, settings, disconnected.clone())?);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// Checks the node list of the mode: one URL for a single server, at least one for the
+    /// others, each URL well-formed and no server twice (it would count twice in a quorum).
+    fn check_nodes(&self) -> Result<()> {
+        if self.mode == Mode::Single && self.urls.len() != 1 {
+            return Err(Error::invalid("redis url", "exactly one is needed"));
+        }
+        if self.urls.is_empty() {
+            return Err(Error::invalid("redis urls", "at least one is needed"));
+        }
+        if self.urls.len() > MAX_NODES {
+            return Err(Error::invalid(
+                "redis urls",
+                format!("{} given, the most is {MAX_NODES}", self.urls.len()),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for url in &self.urls {
+            let addr = if crate::sentinel::is_sentinel_url(url) {
+                if self.mode != Mode::Single {
+                    return Err(Error::invalid(
+                        "redis urls",
+                        "redis+sentinel:// names one master: use it alone, not in a list",
+                    ));
+                }
+                crate::sentinel::parse(url)?;
+                continue;
+            } else {
+                parse_url(url)?.addr().to_string()
+            };
+            if !seen.insert(addr.clone()) {
+                return Err(Error::invalid(
+                    "redis urls",
+                    format!("{addr} is given twice; each node must be a different server"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
