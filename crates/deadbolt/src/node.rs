@@ -43,7 +43,8 @@ pub(crate) struct Node {
     pub(crate) addr: String,
     /// Whether this is a Redis Cluster (sharded pub/sub, slot-bound scripts).
     pub(crate) cluster: bool,
-    /// Ends the heartbeat task when the node is dropped.
+    /// Cancelled when the node is dropped: ends its heartbeat and Sentinel tasks.
+    stop: CancellationToken,
     _heartbeat: Option<DropGuard>,
 }
 
@@ -149,21 +150,20 @@ impl Node {
             );
             waiters.degrade();
         }
-        let stop = CancellationToken::new();
-        tokio::spawn(heartbeat(
-            conn.clone(),
-            waiters.clone(),
-            addr.clone(),
-            settings.command_timeout,
+        tracing::debug!(%addr, "connected");
+        let node = Node::watched(
+            conn,
+            replicated,
+            waiters,
+            addr,
+            settings,
             disconnected.clone(),
-            stop.clone(),
-        ));
+        );
         if let Some(sentinel) = sentinel {
             // A task of its own asks whether the master moved (see `sentinel.rs`); then both
             // connections go to the new one, subscriptions are renewed there, and every held
             // lock is checked at once: a lock the new master lacks is lost.
-            let (commands, waiters, disconnected) =
-                (conn.clone(), waiters.clone(), disconnected.clone());
+            let (commands, waiters) = (node.conn.clone(), node.waiters.clone());
             let moved = move || {
                 commands.replace();
                 waiters.conn().replace();
@@ -171,17 +171,10 @@ impl Node {
                 disconnected.notify_one();
                 true
             };
-            tokio::spawn(crate::sentinel::follow(sentinel, moved, stop.clone()));
+            let stop = node.stop.clone();
+            tokio::spawn(crate::sentinel::follow(sentinel, moved, stop));
         }
-        tracing::debug!(%addr, "connected");
-        Ok(Node {
-            conn,
-            replicated: Some(replicated),
-            waiters,
-            addr,
-            cluster: false,
-            _heartbeat: Some(stop.drop_guard()),
-        })
+        Ok(node)
     }
 
     /// Connects to the Redis Cluster that `seeds` belong to. The cluster client finds every
@@ -251,6 +244,7 @@ impl Node {
             waiters,
             addr,
             cluster: true,
+            stop: CancellationToken::new(),
             _heartbeat: None,
         })
     }
@@ -284,6 +278,25 @@ impl Node {
             settings.command_timeout,
             disconnected.clone(),
         ));
+        Ok(Node::watched(
+            conn,
+            replicated,
+            waiters,
+            addr,
+            settings,
+            disconnected,
+        ))
+    }
+
+    /// A node of one server, with its heartbeat started.
+    fn watched(
+        conn: Conn,
+        replicated: Conn,
+        waiters: Arc<Waiters>,
+        addr: String,
+        settings: &Settings,
+        disconnected: Arc<Notify>,
+    ) -> Node {
         let stop = CancellationToken::new();
         tokio::spawn(heartbeat(
             conn.clone(),
@@ -293,14 +306,15 @@ impl Node {
             disconnected,
             stop.clone(),
         ));
-        Ok(Node {
+        Node {
             conn,
             replicated: Some(replicated),
             waiters,
             addr,
             cluster: false,
+            stop: stop.clone(),
             _heartbeat: Some(stop.drop_guard()),
-        })
+        }
     }
 
     /// `err` as the error of an unavailable node, when it is about the connection.

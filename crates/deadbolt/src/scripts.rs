@@ -82,18 +82,23 @@ async fn bounded<T>(
 /// with its own first commands.
 pub(crate) fn load_all() -> redis::Pipeline {
     let mut pipe = redis::pipe();
-    for script in [
-        &*ACQUIRE,
-        &*ACQUIRE_ALL,
-        &*MINT,
-        &*FENCE_QUORUM,
-        &*RELEASE,
-        &*RENEW,
-        &*WAIT,
-    ] {
+    for script in all() {
         pipe.cmd("SCRIPT").arg("LOAD").arg(script.code).ignore();
     }
     pipe
+}
+
+/// Every script the locks run.
+fn all() -> [&'static Lua; 7] {
+    [
+        &ACQUIRE,
+        &ACQUIRE_ALL,
+        &MINT,
+        &FENCE_QUORUM,
+        &RELEASE,
+        &RENEW,
+        &WAIT,
+    ]
 }
 
 /// `SET NX PX` plus a fencing token: see `scripts/acquire.lua`.
@@ -159,16 +164,7 @@ mod tests {
     fn script_hashes_match_what_redis_computes() {
         let server = deadbolt_testkit::RedisServer::start().unwrap();
         let mut conn = server.connection();
-        for script in [
-            &*ACQUIRE,
-            &*ACQUIRE_ALL,
-            &*MINT,
-            &*FENCE_QUORUM,
-            &*RELEASE,
-            &*RENEW,
-            &*WAIT,
-            &*FENCED_SET,
-        ] {
+        for script in all().into_iter().chain([&*FENCED_SET]) {
             let hash: String = redis::cmd("SCRIPT")
                 .arg("LOAD")
                 .arg(script.code)

@@ -20,7 +20,7 @@ async fn cluster_client(cluster: &RedisCluster) -> Client {
 fn lock_keys(cluster: &RedisCluster) -> Vec<String> {
     let mut keys = Vec::new();
     for master in cluster.masters().unwrap() {
-        keys.extend(master.keys().into_iter().filter(|k| !k.ends_with(":fence")));
+        keys.extend(crate::util::lock_keys(master));
     }
     keys
 }

@@ -3,23 +3,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadbolt::{Client, Error, ReleaseOutcome, Vote};
-use deadbolt_testkit::{RedisMasters, RedisServer};
+use deadbolt_testkit::RedisMasters;
 use tokio::time::Instant;
 
-use crate::util::{assert_clean, ms};
+use crate::util::{assert_clean, lock_keys, ms};
 
 async fn redlock(masters: &RedisMasters) -> Client {
     Client::redlock(masters.urls())
         .connect()
         .await
         .expect("connect")
-}
-
-/// Lock keys (not fencing counters) on `server`.
-fn lock_keys(server: &RedisServer) -> Vec<String> {
-    let mut keys = server.keys();
-    keys.retain(|k| !k.ends_with(":fence"));
-    keys
 }
 
 const ROUNDS: usize = 200;

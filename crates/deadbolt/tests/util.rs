@@ -25,6 +25,13 @@ pub(crate) fn assert_clean(server: &RedisServer) {
     }
 }
 
+/// Lock keys (not fencing counters) on `server`.
+pub(crate) fn lock_keys(server: &RedisServer) -> Vec<String> {
+    let mut keys = server.keys();
+    keys.retain(|k| !k.ends_with(":fence"));
+    keys
+}
+
 /// Polls `cond` every 10 ms until it holds or `limit` passes; returns whether it held.
 /// For conditions that settle in the background (a spawned release, an unsubscribe).
 pub(crate) async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
