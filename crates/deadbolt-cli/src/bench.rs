@@ -1,7 +1,8 @@
 //! `deadbolt bench`: what a deadbolt lock costs, next to the cheapest possible Redis lock.
 //!
 //! Every workload runs in this process, one after the other: floor, W1 and W2 against the same
-//! Redis, floor3 and W3 against five private servers of their own. Each
+//! Redis, floor3 and W3 against five private servers of their own, W1c against a private Redis
+//! Cluster of its own. Each
 //! measurement is preceded by a 200 ms warm-up that is not counted (it loads the Lua scripts and
 //! fills the connection pools), and stops by itself after `--duration` or `--ops`.
 //!
@@ -28,6 +29,12 @@
 //!   costs a caller next to one server. floor3 and W3 run in the same rounds as floor and W1,
 //!   interleaved with them. They are not in the default set (they start 5 servers) and cannot
 //!   run against `--redis`.
+//! - **`W1c`**: W1's loop on a Redis Cluster client (`w1c:{i}`), over a private cluster of 3
+//!   masters and 3 replicas started for the bench (it needs `redis-cli` too, and takes a few
+//!   seconds to form). `W1c / W1` (ops/s, and the cycle p50/p99) is what the cluster client's
+//!   routing costs next to one server; the locks spread over the 3 masters by hash slot. It
+//!   runs in the same rounds as floor and W1, is not in the default set (it starts 6 servers)
+//!   and cannot run against `--redis`.
 //! - **`W2`**: contention and correctness. `--w2-workers` workers fight for one lock (`w2`, fixed
 //!   5 s lease) and, while holding it, read a plain counter key, sleep `--hold`, and write the
 //!   value plus one: a read-modify-write that loses updates as soon as two workers overlap. The
@@ -45,22 +52,24 @@
 //!   With `--clients` above 1, W2 also lists acquisitions per client, which tells a client
 //!   keeping the lock to itself apart from an unlucky worker.
 //! - `cmds/acq`: Redis commands per acquisition, from `INFO commandstats` around the measured
-//!   phase (summed over the 5 nodes for floor3 and W3). Commands run inside Lua scripts are counted by Redis too, so this is the total work
+//!   phase (summed over the 5 nodes for floor3 and W3, over the 3 masters for W1c). Commands run inside Lua scripts are counted by Redis too, so this is the total work
 //!   for the server; the top-level part (the round trips a client pays for) comes from a short
 //!   `MONITOR` census after the measurement, which tells the two apart. The census only runs
 //!   against the private server, since MONITOR slows a shared one and would see its other
-//!   clients. W2's own counter `GET`/`SET` are not lock costs and are left out.
+//!   clients, nor on the cluster, whose nodes would answer the census's end marker with a
+//!   redirection. W2's own counter `GET`/`SET` are not lock costs and are left out.
 //! - `lost updates` (W2): completed increments minus how far the counter moved. Anything but
 //!   0 means two workers held the lock at once.
 //! - `W1 / floor`: near 1.0 means the library adds (almost) nothing to the round trips. `W2 /
 //!   ideal`: the ideal is one critical section plus one round trip per operation,
 //!   1 / (GET + hold + SET + RTT), measured on an idle connection just before W2 (the hold as
 //!   actually slept, since timers round up): how much of the hand-off between holders the lock
-//!   hides. `W3 / floor3` and `W3 cycle / W1 cycle`: see the workloads.
+//!   hides. `W3 / floor3`, `W3 cycle / W1 cycle` and `W1c / W1`: see the workloads.
 //!
 //! Against a shared Redis (`--redis`), other clients' commands land in the command counts; the
 //! statistics are then read as a difference rather than reset, so the server's own statistics are
-//! left alone. Every key the bench creates is deleted at the end, also after Ctrl-C.
+//! left alone. Every key the bench creates is deleted at the end, also after Ctrl-C (the
+//! cluster's keys go with the cluster, which is stopped like the other private servers).
 
 mod phase;
 mod report;
@@ -71,7 +80,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use deadbolt::Client;
 
-use deadbolt_testkit::RedisMasters;
+use deadbolt_testkit::{RedisCluster, RedisMasters};
 
 use self::phase::{Floor, Floor3, Phase, Stop, Uncontended, W2, Work, run_phase};
 use self::report::{Ideal, Measured, Report};
@@ -100,6 +109,8 @@ const MAX_DURATION: Duration = Duration::from_secs(3600);
 const MAX_ROUNDS: usize = 100;
 /// The nodes of W3's Redlock (and floor3's fan-out).
 const QUORUM_NODES: usize = 5;
+/// The masters of W1c's cluster (each with a replica), where its commands are counted.
+const CLUSTER_MASTERS: usize = 3;
 
 /// Options of `deadbolt bench`.
 #[derive(Debug, clap::Args)]
@@ -108,11 +119,12 @@ pub(crate) struct Args {
     redis: PrivateRedisArgs,
 
     /// Workload to run; repeat for several. floor3 and w3 (a Redlock over 5 nodes) start 5
-    /// private redis-servers of their own [default: floor, w1, w2]
+    /// private redis-servers of their own; w1c (W1 on a Redis Cluster) starts a private cluster
+    /// of 6 (needs redis-cli) [default: floor, w1, w2]
     #[arg(long = "workload", value_name = "NAME", value_enum, ignore_case = true)]
     workloads: Vec<Workload>,
 
-    /// Workers of W1, W3 and the floors, each on its own key
+    /// Workers of W1, W3, W1c and the floors, each on its own key
     #[arg(long, value_name = "K", default_value_t = 1)]
     workers: usize,
 
@@ -138,12 +150,12 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N", conflicts_with = "duration")]
     ops: Option<u64>,
 
-    /// Interleaved rounds of floor, W1, floor3 and W3; each reports the median ops/s of its
+    /// Interleaved rounds of floor, W1, floor3, W3 and W1c; each reports the median ops/s of its
     /// rounds
     #[arg(long, value_name = "R", default_value_t = 3)]
     rounds: usize,
 
-    /// W1 and W3 take fenced locks and read each one's fencing token (minted with the
+    /// W1, W3 and W1c take fenced locks and read each one's fencing token (minted with the
     /// acquisition), to measure what fencing costs over the floor
     #[arg(long)]
     fenced: bool,
@@ -164,6 +176,8 @@ pub(crate) enum Workload {
     Floor3,
     /// W1 on a Redlock over 5 nodes.
     W3,
+    /// W1 on a Redis Cluster (3 masters, 3 replicas).
+    W1c,
     /// Contended read-modify-write under one lock.
     W2,
 }
@@ -177,6 +191,7 @@ impl Workload {
             Workload::W2 => "W2",
             Workload::Floor3 => "floor3",
             Workload::W3 => "W3",
+            Workload::W1c => "W1c",
         }
     }
 
@@ -184,14 +199,24 @@ impl Workload {
     pub(crate) fn on_quorum(self) -> bool {
         matches!(self, Workload::Floor3 | Workload::W3)
     }
+
+    /// Whether it runs on the private Redis Cluster rather than the one server.
+    pub(crate) fn on_cluster(self) -> bool {
+        self == Workload::W1c
+    }
+
+    /// Whether it runs on the one server (`--redis` or a private one).
+    fn on_single(self) -> bool {
+        !self.on_quorum() && !self.on_cluster()
+    }
 }
 
 /// The validated options: what to run and for how long.
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
-    /// The workloads to run, deduplicated, in report order (floor, W1, floor3, W3, W2).
+    /// The workloads to run, deduplicated, in report order (floor, W1, floor3, W3, W1c, W2).
     pub(crate) workloads: Vec<Workload>,
-    /// Workers of W1, W3 and the floors.
+    /// Workers of W1, W3, W1c and the floors.
     pub(crate) workers: usize,
     /// Workers of W2.
     pub(crate) w2_workers: usize,
@@ -201,9 +226,9 @@ pub(crate) struct Plan {
     pub(crate) hold: Duration,
     /// When each measurement stops.
     pub(crate) stop: Stop,
-    /// Rounds of floor, W1, floor3 and W3.
+    /// Rounds of floor, W1, floor3, W3 and W1c.
     pub(crate) rounds: usize,
-    /// Whether W1's and W3's locks are fenced.
+    /// Whether W1's, W3's and W1c's locks are fenced.
     pub(crate) fenced: bool,
 }
 
@@ -238,6 +263,12 @@ impl Plan {
             return Err(usage(
                 "floor3 and w3 run on 5 private redis-servers they start themselves, not on \
                  --redis (or DEADBOLT_REDIS_URL): leave it out to run them",
+            ));
+        }
+        if given && workloads.iter().any(|w| w.on_cluster()) {
+            return Err(usage(
+                "w1c runs on a private Redis Cluster it starts itself, not on --redis (or \
+                 DEADBOLT_REDIS_URL): leave it out to run it",
             ));
         }
         // Only checked when W2 runs: `--clients 8` is harmless next to `--workload w1`.
@@ -289,12 +320,17 @@ impl Plan {
 
     /// Whether a workload on the one server was asked for (floor, W1, W2).
     fn on_single(&self) -> bool {
-        self.workloads.iter().any(|w| !w.on_quorum())
+        self.workloads.iter().any(|w| w.on_single())
     }
 
     /// Whether a workload on the 5 nodes was asked for (floor3, W3).
     fn on_quorum(&self) -> bool {
         self.workloads.iter().any(|w| w.on_quorum())
+    }
+
+    /// Whether a workload on the Redis Cluster was asked for (W1c).
+    fn on_cluster(&self) -> bool {
+        self.workloads.iter().any(|w| w.on_cluster())
     }
 }
 
@@ -308,6 +344,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .on_quorum()
         .then(|| crate::embedded::start_private_masters(QUORUM_NODES))
         .transpose()?;
+    let cluster = plan
+        .on_cluster()
+        .then(crate::embedded::start_private_cluster)
+        .transpose()?;
     // One plain connection first, so an unreachable Redis or a wrong password fails at once, and
     // with the same message as every other command, rather than after the reconnect back-off of
     // the bench's own connections.
@@ -316,7 +356,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     let single = target.as_ref().map(|t| (t.url(), t.server.is_some()));
     let quorum = masters.as_ref().map(RedisMasters::urls);
-    let mut bench = Bench::connect(single, quorum.as_deref(), &plan).await?;
+    let cluster_urls = cluster.as_ref().map(cluster_urls).transpose()?;
+    let mut bench = Bench::connect(single, quorum.as_deref(), cluster_urls.as_ref(), &plan).await?;
     let outcome = tokio::select! {
         outcome = bench.run_all(&plan) => outcome,
         // Dropping `run_all` aborts the workers (they live in JoinSets), so the cleanup below
@@ -340,6 +381,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     drop(target);
     drop(masters);
+    drop(cluster);
     if let Some(lost) = reports
         .iter()
         .find_map(|r| r.lost_updates.filter(|&n| n != 0))
@@ -421,18 +463,23 @@ struct Bench {
     floor3: Option<Work>,
     /// W3's workload, when it runs.
     w3: Option<Work>,
+    /// W1c's workload, when it runs.
+    w1c: Option<Work>,
     /// The one server of floor, W1 and W2, when one of them runs.
     single: Option<Servers>,
     /// The 5 nodes of floor3 and W3, when one of them runs.
     quorum: Option<Servers>,
+    /// The cluster's masters, when W1c runs.
+    cluster: Option<Servers>,
 }
 
 impl Bench {
     /// Connects what `plan` needs and lists the keys it will create: on `single` (its URL, and
-    /// whether it is our private server) and on the `quorum` nodes.
+    /// whether it is our private server), on the `quorum` nodes and on the `cluster`.
     async fn connect(
         single: Option<(&str, bool)>,
         quorum: Option<&[String]>,
+        cluster: Option<&ClusterUrls>,
         plan: &Plan,
     ) -> anyhow::Result<Bench> {
         let mut bench = Bench {
@@ -441,8 +488,10 @@ impl Bench {
             w2: None,
             floor3: None,
             w3: None,
+            w1c: None,
             single: None,
             quorum: None,
+            cluster: None,
         };
         if let Some((url, private)) = single {
             let mut servers = Servers::connect(&[url.to_owned()], private).await?;
@@ -494,6 +543,16 @@ impl Bench {
             }
             bench.quorum = Some(servers);
         }
+        if let Some(cluster) = cluster {
+            // Statistics on the masters only: they run every lock command (the replicas only
+            // replay the writes). No keys to list: a master refuses a `DEL` of another's slot,
+            // and the whole cluster is thrown away at the end anyway.
+            let servers = Servers::connect(&cluster.masters, true).await?;
+            let client = connect_client(Client::cluster(cluster.seeds.iter().cloned())).await?;
+            let w1c = Uncontended::new(client, "w1c", plan.workers, plan.fenced);
+            bench.w1c = Some(Work::W1c(w1c));
+            bench.cluster = Some(servers);
+        }
         Ok(bench)
     }
 
@@ -501,6 +560,8 @@ impl Bench {
     fn servers(&self, work: &Work) -> anyhow::Result<&Servers> {
         let servers = if work.workload().on_quorum() {
             &self.quorum
+        } else if work.workload().on_cluster() {
+            &self.cluster
         } else {
             &self.single
         };
@@ -515,6 +576,7 @@ impl Bench {
         let mut w1 = Vec::new();
         let mut floor3 = Vec::new();
         let mut w3 = Vec::new();
+        let mut w1c = Vec::new();
         for round in 0..plan.rounds {
             // Alternating who goes first cancels a drift (a warming CPU, a noisy neighbour)
             // that would otherwise always favour the same workload of a pair.
@@ -523,6 +585,7 @@ impl Bench {
                 Workload::W1,
                 Workload::Floor3,
                 Workload::W3,
+                Workload::W1c,
             ];
             if round % 2 == 1 {
                 order.reverse();
@@ -533,7 +596,8 @@ impl Bench {
                     Workload::Floor => (&self.floor, &mut floor),
                     Workload::W1 => (&self.w1, &mut w1),
                     Workload::Floor3 => (&self.floor3, &mut floor3),
-                    _ => (&self.w3, &mut w3),
+                    Workload::W3 => (&self.w3, &mut w3),
+                    _ => (&self.w1c, &mut w1c),
                 };
                 let Some(work) = work else { continue };
                 progress(workload, round, plan.rounds);
@@ -547,6 +611,7 @@ impl Bench {
             (Workload::W1, &w1, Some(1)),
             (Workload::Floor3, &floor3, None),
             (Workload::W3, &w3, Some(1)),
+            (Workload::W1c, &w1c, Some(1)),
         ] {
             if !rounds.is_empty() {
                 reports.push(Report::new(workload, plan.workers, clients, rounds, None)?);
@@ -585,7 +650,8 @@ impl Bench {
             None => None,
         };
         report_first_error(work, &phase);
-        let census = if census && servers.private {
+        // Not on the cluster: its masters answer the census's end marker with a redirection.
+        let census = if census && servers.private && !work.workload().on_cluster() {
             warn_none("the MONITOR census", self.census(work).await)
         } else {
             None
@@ -638,6 +704,27 @@ impl Bench {
         }
         Ok(())
     }
+}
+
+/// The URLs of the private cluster: every node's (seeds for the client), and the masters'
+/// (for the command counts).
+#[derive(Debug)]
+struct ClusterUrls {
+    /// Every node, as seeds for the cluster client.
+    seeds: Vec<String>,
+    /// The masters, where the lock commands run.
+    masters: Vec<String>,
+}
+
+/// The URLs of `cluster`.
+fn cluster_urls(cluster: &RedisCluster) -> anyhow::Result<ClusterUrls> {
+    let masters = cluster
+        .masters()
+        .context("cannot list the private cluster's masters")?;
+    Ok(ClusterUrls {
+        seeds: cluster.urls(),
+        masters: masters.iter().map(|m| m.url()).collect(),
+    })
 }
 
 /// Connects one deadbolt client of `builder` with the bench prefix.

@@ -1,11 +1,11 @@
 //! `bench` and `demo` without `--redis`: a private `redis-server` for this command only.
-//! (`bench` starts five more for its Redlock workloads; see `bench::nodes`.)
+//! (`bench` starts five more for its Redlock workloads, and a Redis Cluster of six for W1c.)
 //!
 //! Only these two start one: they measure or show the lock, and need no other holder. `run` and
 //! `status` never do (see [`crate::connect`]): a lock nobody else can see excludes nobody.
 
 use anyhow::{Context, bail};
-use deadbolt_testkit::{RedisMasters, RedisServer, redis_server_available};
+use deadbolt_testkit::{RedisCluster, RedisMasters, RedisServer, redis_server_available};
 
 use crate::connect::{Redis, Topology, split_urls};
 use crate::exit::usage;
@@ -147,4 +147,28 @@ pub(crate) fn start_private_masters(n: usize) -> anyhow::Result<RedisMasters> {
         ports.join(", ")
     );
     Ok(masters)
+}
+
+/// Starts a private Redis Cluster (3 masters, 3 replicas) for the bench's W1c; it stops when
+/// dropped, and dies with this process.
+pub(crate) fn start_private_cluster() -> anyhow::Result<RedisCluster> {
+    if !redis_server_available() {
+        bail!(
+            "w1c needs redis-server, and it is not on PATH; install it with \
+             `sudo apt-get install -y redis-server`"
+        );
+    }
+    // redis-cli joins the nodes; its absence is reported by `start` with the package to install.
+    let cluster = RedisCluster::start().context("cannot start a private Redis Cluster")?;
+    let ports: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|s| s.port().to_string())
+        .collect();
+    eprintln!(
+        "deadbolt: started a private Redis Cluster of 6 redis-servers for w1c (127.0.0.1, ports \
+         {})",
+        ports.join(", ")
+    );
+    Ok(cluster)
 }

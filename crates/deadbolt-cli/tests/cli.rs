@@ -1501,6 +1501,116 @@ fn bench_w3_interrupted_stops_its_servers() {
     }
 }
 
+/// The ports of the 6 nodes of the private cluster a bench with W1c announced on stderr.
+fn cluster_ports(stderr: &str) -> Vec<u16> {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("private Redis Cluster of 6 redis-servers for w1c"))
+        .unwrap_or_else(|| panic!("no cluster announced: {stderr}"));
+    let ports = line.split("ports ").nth(1).unwrap().trim_end_matches(')');
+    ports.split(", ").map(|p| p.parse().unwrap()).collect()
+}
+
+/// W1c (W1 on a private Redis Cluster) runs with floor and W1 and reports its row and its
+/// ratios to W1, in JSON and in the table; the cluster is gone when the bench is. With
+/// `--redis`, it is a usage error.
+#[test]
+fn bench_w1c_reports_w1_on_a_cluster_against_w1() {
+    let bench = |extra: &[&str]| {
+        deadbolt()
+            .env_remove("DEADBOLT_REDIS_URL")
+            .args(["bench", "--workload", "w1", "--workload", "w1c"])
+            .args(["--workers", "4", "--duration", "150ms", "--rounds", "1"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = bench(&["--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let labels: Vec<&str> = rows
+        .iter()
+        .map(|r| r["workload"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["W1", "W1c"], "{rows:?}");
+    let w1c = &rows[1];
+    assert_eq!(w1c["nodes"], 3);
+    assert!(w1c["ops_done"].as_u64().unwrap() > 0, "{w1c}");
+    assert_eq!(w1c["errors"], 0, "{w1c}");
+    assert!(w1c["wait_p50_us"].as_u64().is_some(), "{w1c}");
+    assert!(w1c["cycle_p99_us"].as_u64().is_some(), "{w1c}");
+    // SET, EVALSHA, and the script's GET and DEL, summed over the 3 masters: as on one server.
+    let cmds = w1c["cmds_per_acquisition"].as_f64().unwrap();
+    assert!((4.0..4.1).contains(&cmds), "{w1c}");
+    assert!(w1c["ratio_to_w1"].as_f64().unwrap() > 0.0, "{w1c}");
+    assert!(w1c["cycle_ratio_to_w1"].as_f64().unwrap() > 0.0, "{w1c}");
+    let ports = cluster_ports(&stderr(&out));
+    assert_eq!(ports.len(), 6);
+    for port in ports {
+        assert!(
+            !listening(port),
+            "a cluster node outlived the bench on {port}"
+        );
+    }
+
+    let out = bench(&[]);
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    for want in ["W1c ", "W1 cluster / W1 = ", "cycle p50 W1c "] {
+        assert!(table.contains(want), "{want}: {table}");
+    }
+
+    let server = RedisServer::start().unwrap();
+    let out = deadbolt()
+        .args(["bench", "--redis", &server.url(), "--workload", "w1c"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{out:?}");
+    assert!(stderr(&out).contains("private Redis Cluster"), "{out:?}");
+}
+
+/// Ctrl-C during W1c exits 130 and stops the 6 nodes of the private cluster.
+#[test]
+fn bench_w1c_interrupted_stops_its_cluster() {
+    let mut child = deadbolt()
+        .env_remove("DEADBOLT_REDIS_URL")
+        .args(["bench", "--workload", "w1c", "--duration", "20s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8];
+    while !String::from_utf8_lossy(&seen).contains("bench: W1c") {
+        assert_eq!(
+            err.read(&mut byte).unwrap(),
+            1,
+            "{}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.push(byte[0]);
+    }
+    let ports = cluster_ports(&String::from_utf8_lossy(&seen));
+    assert_eq!(ports.len(), 6);
+    assert!(ports.iter().all(|&p| listening(p)));
+    std::thread::sleep(Duration::from_millis(300));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    let out = wait_with_limit(child, Duration::from_secs(10));
+    assert_eq!(code(&out), 130, "{out:?} {rest}");
+    for port in ports {
+        assert!(
+            !listening(port),
+            "a cluster node outlived the bench on {port}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Help and logs
 

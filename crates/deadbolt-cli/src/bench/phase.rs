@@ -15,9 +15,9 @@ use super::Workload;
 
 /// The name of W2's one lock.
 pub(crate) const W2_LOCK: &str = "w2";
-/// How long one acquisition may wait, in W1, W2 and W3.
+/// How long one acquisition may wait, in W1, W2, W3 and W1c.
 const WAIT: Duration = Duration::from_secs(10);
-/// W1's (and W3's) fixed lease: far longer than a cycle, so it never expires mid-cycle.
+/// W1's (and W3's and W1c's) fixed lease: far longer than a cycle, so it never expires mid-cycle.
 const W1_LEASE: Duration = Duration::from_secs(30);
 /// W2's fixed lease.
 const W2_LEASE: Duration = Duration::from_secs(5);
@@ -165,8 +165,8 @@ impl Floor3 {
     }
 }
 
-/// W1 and W3: uncontended acquire → release, one lock per worker, one shared client (of one
-/// server for W1, a Redlock over several for W3).
+/// W1, W3 and W1c: uncontended acquire → release, one lock per worker, one shared client (of
+/// one server for W1, a Redlock over several for W3, a Redis Cluster for W1c).
 #[derive(Debug, Clone)]
 pub(crate) struct Uncontended {
     /// The one client of all workers.
@@ -246,6 +246,8 @@ pub(crate) enum Work {
     Floor3(Floor3),
     /// W1's loop on a Redlock client; see [`Uncontended`].
     W3(Uncontended),
+    /// W1's loop on a Redis Cluster client; see [`Uncontended`].
+    W1c(Uncontended),
 }
 
 impl Work {
@@ -257,6 +259,7 @@ impl Work {
             Work::W2(_) => Workload::W2,
             Work::Floor3(_) => Workload::Floor3,
             Work::W3(_) => Workload::W3,
+            Work::W1c(_) => Workload::W1c,
         }
     }
 }
@@ -396,7 +399,7 @@ pub(crate) async fn run_phase(work: &Work, stop: Stop) -> anyhow::Result<Phase> 
             }
             floor.keys.len()
         }
-        Work::W1(w1) | Work::W3(w1) => {
+        Work::W1(w1) | Work::W3(w1) | Work::W1c(w1) => {
             for (i, name) in w1.names.iter().enumerate() {
                 let (client, name, budget) = (w1.client.clone(), name.clone(), budget.clone());
                 let fenced = w1.fenced;
@@ -607,7 +610,7 @@ impl Section {
     }
 }
 
-/// One W1, W2 or W3 worker: acquire → (W2: the section) → release on lock `name`.
+/// One W1, W2, W3 or W1c worker: acquire → (W2: the section) → release on lock `name`.
 async fn lock_worker(
     client: Client,
     name: String,

@@ -84,8 +84,10 @@ pub(crate) struct Report {
     ideal: Option<Ideal>,
     /// W1: its ops/s over the floor's; W3: over floor3's.
     ratio_to_floor: Option<f64>,
-    /// W3: its cycle p50 over W1's, when both ran.
+    /// W3 and W1c: its cycle p50 over W1's, when both ran.
     cycle_ratio_to_w1: Option<f64>,
+    /// W1c: its ops/s over W1's, when both ran.
+    ratio_to_w1: Option<f64>,
 }
 
 impl Report {
@@ -162,6 +164,7 @@ impl Report {
             ideal,
             ratio_to_floor: None,
             cycle_ratio_to_w1: None,
+            ratio_to_w1: None,
         })
     }
 
@@ -185,12 +188,15 @@ impl Report {
                     .collect(),
             )
         };
-        let fields: [(&str, Value); 31] = [
+        let fields: [(&str, Value); 32] = [
             ("workload", json!(self.workload.label())),
             (
                 "nodes",
+                // The servers its commands are counted on: a cluster's masters, not its replicas.
                 json!(if self.workload.on_quorum() {
                     super::QUORUM_NODES
+                } else if self.workload.on_cluster() {
+                    super::CLUSTER_MASTERS
                 } else {
                     1
                 }),
@@ -256,6 +262,7 @@ impl Report {
                 "cycle_ratio_to_w1",
                 json!(self.cycle_ratio_to_w1.map(|r| round(r, 3))),
             ),
+            ("ratio_to_w1", json!(self.ratio_to_w1.map(|r| round(r, 3)))),
         ];
         // Built by hand to keep this order: serde_json's map would sort the keys.
         let body: Vec<String> = fields
@@ -266,7 +273,8 @@ impl Report {
     }
 }
 
-/// Fills in W1's ratio to the floor, W3's to floor3, and W3's cycle to W1's, for those that ran.
+/// Fills in W1's ratio to the floor, W3's to floor3, W3's and W1c's cycle to W1's, and W1c's
+/// ops/s to W1's, for those that ran.
 pub(crate) fn link_ratios(reports: &mut [Report]) {
     let find = |reports: &[Report], workload| reports.iter().position(|r| r.workload == workload);
     for (lock, floor) in [
@@ -280,11 +288,21 @@ pub(crate) fn link_ratios(reports: &mut [Report]) {
             }
         }
     }
-    if let (Some(w3), Some(w1)) = (find(reports, Workload::W3), find(reports, Workload::W1))
-        && let (Some(w3_cycle), Some(w1_cycle)) =
-            (reports[w3].cycle_p50_us, reports[w1].cycle_p50_us)
-    {
-        reports[w3].cycle_ratio_to_w1 = (w1_cycle > 0).then(|| w3_cycle as f64 / w1_cycle as f64);
+    let Some(w1) = find(reports, Workload::W1) else {
+        return;
+    };
+    for other in [Workload::W3, Workload::W1c] {
+        if let Some(other) = find(reports, other)
+            && let (Some(cycle), Some(w1_cycle)) =
+                (reports[other].cycle_p50_us, reports[w1].cycle_p50_us)
+        {
+            reports[other].cycle_ratio_to_w1 =
+                (w1_cycle > 0).then(|| cycle as f64 / w1_cycle as f64);
+        }
+    }
+    if let Some(w1c) = find(reports, Workload::W1c) {
+        let w1_ops = reports[w1].ops_per_s;
+        reports[w1c].ratio_to_w1 = (w1_ops > 0.0).then(|| reports[w1c].ops_per_s / w1_ops);
     }
 }
 
@@ -369,7 +387,27 @@ pub(crate) fn table(reports: &[Report]) -> String {
                 r.rounds, r.ops_per_s
             );
         }
-        if let Some(ratio) = r.cycle_ratio_to_w1 {
+        if let (Some(ratio), Some(cycle_ratio)) = (r.ratio_to_w1, r.cycle_ratio_to_w1) {
+            let w1 = reports.iter().find(|f| f.workload == Workload::W1);
+            let p = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+            let _ = writeln!(
+                out,
+                "W1 cluster / W1 = {ratio:.2} (ops/s, median of {} round(s): W1c {:.0}, W1 {:.0}) \
+                 ; cycle p50 W1c {} µs / W1 {} µs = {cycle_ratio:.2}; p99 W1c {} µs, W1 {} µs \
+                 (a cluster of {} masters against one server)",
+                r.rounds,
+                r.ops_per_s,
+                w1.map_or(0.0, |w| w.ops_per_s),
+                p(r.cycle_p50_us),
+                p(w1.and_then(|w| w.cycle_p50_us)),
+                p(r.cycle_p99_us),
+                p(w1.and_then(|w| w.cycle_p99_us)),
+                super::CLUSTER_MASTERS
+            );
+        }
+        if r.workload == Workload::W3
+            && let Some(ratio) = r.cycle_ratio_to_w1
+        {
             let find = |w: Workload| reports.iter().find(|f| f.workload == w);
             let w1 = find(Workload::W1);
             let p = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());

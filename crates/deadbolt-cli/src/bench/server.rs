@@ -13,8 +13,9 @@ use tokio::sync::oneshot;
 
 use super::report::Ideal;
 
-/// Commands the bench itself sends around a measurement, which are no lock's cost.
-const EXCLUDED: &[&str] = &["info", "config", "config|resetstat", "ping"];
+/// Commands the bench itself sends around a measurement, and a cluster's replicas' `REPLCONF
+/// ACK`s to their masters, which are no lock's cost.
+const EXCLUDED: &[&str] = &["info", "config", "config|resetstat", "ping", "replconf"];
 /// PINGs averaged for the round trip time.
 const RTT_SAMPLES: u32 = 300;
 /// Time budget for the GET + hold + SET samples of the ideal (at least 3 are taken).
