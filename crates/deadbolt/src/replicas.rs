@@ -59,6 +59,11 @@ impl LockBuilder<'_> {
     /// queue behind each other. Locks that do not need it keep the plain, cheaper path.
     /// Renewals are not confirmed: a lease renewed on the master only is still held there.
     ///
+    /// For one master (a single server, a Sentinel-managed one, or a shard of
+    /// [`Client::sharded`](crate::Client::sharded)); a Redlock's masters have no replicas to
+    /// wait for, and on a Redis Cluster it is not supported yet: `acquire` refuses it there with
+    /// [`Error::InvalidArgument`] before sending anything.
+    ///
     /// # Examples
     ///
     /// ```no_run

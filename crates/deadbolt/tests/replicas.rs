@@ -229,3 +229,26 @@ async fn a_demoted_node_is_retried_within_the_wait() {
     assert_clean(&replica);
     drop(master);
 }
+
+/// `WAIT` needs one master: a Redlock refuses it before anything is sent.
+#[tokio::test]
+async fn replicas_on_a_redlock_are_refused() {
+    let masters = deadbolt_testkit::RedisMasters::start(3).unwrap();
+    let locks = deadbolt::Client::redlock(masters.urls())
+        .connect()
+        .await
+        .unwrap();
+    let err = locks
+        .lock("r")
+        .replicas(1, std::time::Duration::from_millis(100))
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, deadbolt::Error::InvalidArgument { .. }),
+        "{err:?}"
+    );
+    for server in masters.servers() {
+        assert!(server.keys().is_empty());
+    }
+}
