@@ -1465,9 +1465,21 @@ fn bench_w3_reports_floor3_and_w3_against_w1() {
 /// Ctrl-C during W3 exits 130 and stops the 5 private servers.
 #[test]
 fn bench_w3_interrupted_stops_its_servers() {
+    interrupted_bench_stops_its_servers("w3", "bench: W3", quorum_ports, 5);
+}
+
+/// Starts `bench --workload WORKLOAD`, waits until stderr says `started` and announces the
+/// `n` ports `ports_of` reads, sends SIGINT, and checks the exit status 130 and that no port
+/// is listening any more.
+fn interrupted_bench_stops_its_servers(
+    workload: &str,
+    started: &str,
+    ports_of: fn(&str) -> Vec<u16>,
+    n: usize,
+) {
     let mut child = deadbolt()
         .env_remove("DEADBOLT_REDIS_URL")
-        .args(["bench", "--workload", "w3", "--duration", "20s"])
+        .args(["bench", "--workload", workload, "--duration", "20s"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -1475,7 +1487,7 @@ fn bench_w3_interrupted_stops_its_servers() {
     let mut err = child.stderr.take().unwrap();
     let mut seen = Vec::new();
     let mut byte = [0u8];
-    while !String::from_utf8_lossy(&seen).contains("bench: W3") {
+    while !String::from_utf8_lossy(&seen).contains(started) {
         assert_eq!(
             err.read(&mut byte).unwrap(),
             1,
@@ -1484,8 +1496,8 @@ fn bench_w3_interrupted_stops_its_servers() {
         );
         seen.push(byte[0]);
     }
-    let ports = quorum_ports(&String::from_utf8_lossy(&seen));
-    assert_eq!(ports.len(), 5);
+    let ports = ports_of(&String::from_utf8_lossy(&seen));
+    assert_eq!(ports.len(), n);
     assert!(ports.iter().all(|&p| listening(p)));
     std::thread::sleep(Duration::from_millis(300));
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
@@ -1575,40 +1587,7 @@ fn bench_w1c_reports_w1_on_a_cluster_against_w1() {
 /// Ctrl-C during W1c exits 130 and stops the 6 nodes of the private cluster.
 #[test]
 fn bench_w1c_interrupted_stops_its_cluster() {
-    let mut child = deadbolt()
-        .env_remove("DEADBOLT_REDIS_URL")
-        .args(["bench", "--workload", "w1c", "--duration", "20s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let mut seen = Vec::new();
-    let mut byte = [0u8];
-    while !String::from_utf8_lossy(&seen).contains("bench: W1c") {
-        assert_eq!(
-            err.read(&mut byte).unwrap(),
-            1,
-            "{}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.push(byte[0]);
-    }
-    let ports = cluster_ports(&String::from_utf8_lossy(&seen));
-    assert_eq!(ports.len(), 6);
-    assert!(ports.iter().all(|&p| listening(p)));
-    std::thread::sleep(Duration::from_millis(300));
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
-    let mut rest = String::new();
-    err.read_to_string(&mut rest).unwrap();
-    let out = wait_with_limit(child, Duration::from_secs(10));
-    assert_eq!(code(&out), 130, "{out:?} {rest}");
-    for port in ports {
-        assert!(
-            !listening(port),
-            "a cluster node outlived the bench on {port}"
-        );
-    }
+    interrupted_bench_stops_its_servers("w1c", "bench: W1c", cluster_ports, 6);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -56,8 +56,6 @@ pub struct Client {
 pub(crate) struct Inner {
     /// The servers, in the order given.
     pub(crate) nodes: Arc<[Node]>,
-    /// Their addresses, which place names on them in sharded mode.
-    addrs: Vec<String>,
     mode: Mode,
     pub(crate) watchdog: Watchdog,
     pub(crate) queue: LocalQueue,
@@ -329,7 +327,7 @@ async fn inspect_node(node: &Node, keys: &LockKeys, limit: Duration) -> Result<L
 impl Inner {
     /// Where lock `name` lives.
     pub(crate) fn place(&self, name: &str) -> Placement {
-        Placement::of(self.mode, name, &self.addrs)
+        Placement::of(self.mode, name, &self.nodes)
     }
 
     /// Whether waiters of a lock on `place` must re-check on a timer because a node's user may

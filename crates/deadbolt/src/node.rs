@@ -43,8 +43,7 @@ pub(crate) struct Node {
     pub(crate) addr: String,
     /// Whether this is a Redis Cluster (sharded pub/sub, slot-bound scripts).
     pub(crate) cluster: bool,
-    /// Cancelled when the node is dropped: ends its heartbeat and Sentinel tasks.
-    stop: CancellationToken,
+    /// Ends the heartbeat and Sentinel tasks when the node is dropped.
     _heartbeat: Option<DropGuard>,
 }
 
@@ -151,30 +150,15 @@ impl Node {
             waiters.degrade();
         }
         tracing::debug!(%addr, "connected");
-        let node = Node::watched(
+        Ok(Node::watched(
             conn,
             replicated,
             waiters,
             addr,
             settings,
-            disconnected.clone(),
-        );
-        if let Some(sentinel) = sentinel {
-            // A task of its own asks whether the master moved (see `sentinel.rs`); then both
-            // connections go to the new one, subscriptions are renewed there, and every held
-            // lock is checked at once: a lock the new master lacks is lost.
-            let (commands, waiters) = (node.conn.clone(), node.waiters.clone());
-            let moved = move || {
-                commands.replace();
-                waiters.conn().replace();
-                waiters.resubscribe_all();
-                disconnected.notify_one();
-                true
-            };
-            let stop = node.stop.clone();
-            tokio::spawn(crate::sentinel::follow(sentinel, moved, stop));
-        }
-        Ok(node)
+            disconnected,
+            sentinel,
+        ))
     }
 
     /// Connects to the Redis Cluster that `seeds` belong to. The cluster client finds every
@@ -244,7 +228,6 @@ impl Node {
             waiters,
             addr,
             cluster: true,
-            stop: CancellationToken::new(),
             _heartbeat: None,
         })
     }
@@ -285,10 +268,12 @@ impl Node {
             addr,
             settings,
             disconnected,
+            None,
         ))
     }
 
-    /// A node of one server, with its heartbeat started.
+    /// A node of one server, with its heartbeat started, and for a Sentinel-managed master the
+    /// task that follows a failover; both end when the node is dropped.
     fn watched(
         conn: Conn,
         replicated: Conn,
@@ -296,6 +281,7 @@ impl Node {
         addr: String,
         settings: &Settings,
         disconnected: Arc<Notify>,
+        sentinel: Option<Arc<crate::sentinel::Sentinel>>,
     ) -> Node {
         let stop = CancellationToken::new();
         tokio::spawn(heartbeat(
@@ -303,16 +289,29 @@ impl Node {
             waiters.clone(),
             addr.clone(),
             settings.command_timeout,
-            disconnected,
+            disconnected.clone(),
             stop.clone(),
         ));
+        if let Some(sentinel) = sentinel {
+            // A task of its own asks whether the master moved (see `sentinel.rs`); then both
+            // connections go to the new one, subscriptions are renewed there, and every held
+            // lock is checked at once: a lock the new master lacks is lost.
+            let (commands, waiters) = (conn.clone(), waiters.clone());
+            let moved = move || {
+                commands.replace();
+                waiters.conn().replace();
+                waiters.resubscribe_all();
+                disconnected.notify_one();
+                true
+            };
+            tokio::spawn(crate::sentinel::follow(sentinel, moved, stop.clone()));
+        }
         Node {
             conn,
             replicated: Some(replicated),
             waiters,
             addr,
             cluster: false,
-            stop: stop.clone(),
             _heartbeat: Some(stop.drop_guard()),
         }
     }

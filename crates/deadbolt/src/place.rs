@@ -12,6 +12,8 @@
 //! Everything else (waiting, renewal, the lost signal, release) is the same engine whatever the
 //! placement: it asks one node, or asks all and counts votes.
 
+use crate::node::Node;
+
 /// How a client spreads its locks over its nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -35,11 +37,13 @@ pub(crate) enum Placement {
 }
 
 impl Placement {
-    /// Where lock `name` lives among `nodes` (their addresses, as configured) in `mode`.
-    pub(crate) fn of(mode: Mode, name: &str, nodes: &[String]) -> Placement {
+    /// Where lock `name` lives among `nodes` in `mode` (sharded: by their addresses).
+    pub(crate) fn of(mode: Mode, name: &str, nodes: &[Node]) -> Placement {
         match mode {
             Mode::Single | Mode::Cluster => Placement::One(0),
-            Mode::Sharded => Placement::One(rendezvous(name, nodes)),
+            Mode::Sharded => {
+                Placement::One(rendezvous(name, nodes.iter().map(|n| n.addr.as_str())))
+            }
             Mode::Redlock => Placement::Quorum,
         }
     }
@@ -54,9 +58,9 @@ pub(crate) fn quorum(n: usize) -> usize {
 /// one node, every client that lists the same addresses (in any order) picks the same one, and
 /// adding or removing a node moves only the names that node wins or held, not `(N-1)/N` of all
 /// names as `hash % N` does.
-fn rendezvous(name: &str, nodes: &[String]) -> usize {
+fn rendezvous<'a>(name: &str, nodes: impl Iterator<Item = &'a str>) -> usize {
     let mut best = (0, 0u64);
-    for (i, node) in nodes.iter().enumerate() {
+    for (i, node) in nodes.enumerate() {
         let score = mix(fnv1a(
             fnv1a(FNV_OFFSET, node.as_bytes()) ^ 0xff,
             name.as_bytes(),
@@ -103,9 +107,12 @@ mod tests {
         let mut counts = [0usize; 5];
         for i in 0..10_000 {
             let name = format!("order:{i}");
-            let at = rendezvous(&name, &five);
+            let at = rendezvous(&name, five.iter().map(String::as_str));
             counts[at] += 1;
-            assert_eq!(reversed[rendezvous(&name, &reversed)], five[at]);
+            assert_eq!(
+                reversed[rendezvous(&name, reversed.iter().map(String::as_str))],
+                five[at]
+            );
         }
         for c in counts {
             assert!((1_700..2_300).contains(&c), "uneven spread: {counts:?}");
@@ -118,8 +125,8 @@ mod tests {
         let four = five[..4].to_vec();
         for i in 0..5_000 {
             let name = format!("n{i}");
-            let before = &five[rendezvous(&name, &five)];
-            let after = &four[rendezvous(&name, &four)];
+            let before = &five[rendezvous(&name, five.iter().map(String::as_str))];
+            let after = &four[rendezvous(&name, four.iter().map(String::as_str))];
             if before != &five[4] {
                 assert_eq!(before, after, "{name} moved although its node stayed");
             }

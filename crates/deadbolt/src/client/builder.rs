@@ -119,11 +119,9 @@ impl ClientBuilder {
             self.some_may_be_down(tries, &settings, &disconnected)?
         };
         let nodes: Arc<[Node]> = nodes.into();
-        let addrs = nodes.iter().map(|n| n.addr.clone()).collect();
         let watchdog = Watchdog::start(nodes.clone(), self.command_timeout, disconnected);
         let inner = Arc::new(Inner {
             nodes,
-            addrs,
             mode: self.mode,
             watchdog,
             queue: LocalQueue::default(),
