@@ -32,13 +32,8 @@ pub(crate) struct RedisArgs {
     /// unix:///PATH, or redis+sentinel://HOST:PORT[,HOST:PORT…]/MASTER_NAME[/DB] for a master
     /// managed by Redis Sentinel. Repeat it (or give a comma-separated list) for a Redlock over
     /// several independent servers: each lock is then taken on all of them and held by a
-    /// majority [default: redis://127.0.0.1:6379, as redis-cli]
-    #[arg(
-        long,
-        env = "DEADBOLT_REDIS_URL",
-        hide_env_values = true,
-        value_name = "URL"
-    )]
+    /// majority [default: redis://127.0.0.1:6379, as redis-cli; DEADBOLT_REDIS_URL when set]
+    #[arg(long, value_name = "URL")]
     pub(crate) redis: Vec<String>,
     /// With several --redis: put each lock on one of the servers (chosen by its name) instead of
     /// taking it on a majority of them; a server that is down fails only its own locks
@@ -144,14 +139,12 @@ impl Topology {
         cluster: &[String],
         sentinel: Option<&str>,
     ) -> anyhow::Result<Topology> {
-        // clap fills `redis` from DEADBOLT_REDIS_URL too; an explicit --cluster or --sentinel
-        // takes precedence over the environment, not over an explicit --redis.
-        let from_env = std::env::var("DEADBOLT_REDIS_URL")
-            .is_ok_and(|env| matches!(redis, [only] if *only == env));
-        let given_redis = !from_env && redis.iter().any(|u| !u.trim().is_empty());
+        let given_redis = redis.iter().any(|u| !u.trim().is_empty());
         let cluster = split_urls(cluster);
         match (cluster.is_empty(), sentinel) {
-            (true, None) => Topology::resolve(redis, sharded),
+            // DEADBOLT_REDIS_URL stands in for --redis only when no server is given at all: an
+            // explicit --cluster or --sentinel takes precedence over the environment.
+            (true, None) => Topology::resolve(&redis_or_env(redis), sharded),
             (false, Some(_)) => Err(usage("--cluster and --sentinel do not go together")),
             (false, None) => {
                 if given_redis || sharded {
@@ -456,6 +449,18 @@ fn resolve(given: Option<&str>) -> anyhow::Result<Redis> {
             defaulted: true,
         }),
     }
+}
+
+/// `redis` (the `--redis` values), or `DEADBOLT_REDIS_URL` when there are none.
+pub(crate) fn redis_or_env(redis: &[String]) -> Vec<String> {
+    if redis.iter().any(|u| !u.trim().is_empty()) {
+        return redis.to_vec();
+    }
+    std::env::var("DEADBOLT_REDIS_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .into_iter()
+        .collect()
 }
 
 /// The URLs in `values`, each a URL or a comma-separated list of them (as `DEADBOLT_REDIS_URL`

@@ -29,13 +29,8 @@ pub(crate) struct PrivateRedisArgs {
 pub(crate) struct PrivateTopologyArgs {
     /// Redis URL, e.g. redis://:PASSWORD@10.0.0.5:6379/0; repeat it (or give a comma-separated
     /// list) for a Redlock over several independent servers [default: a private redis-server
-    /// started for this command]
-    #[arg(
-        long,
-        env = "DEADBOLT_REDIS_URL",
-        hide_env_values = true,
-        value_name = "URL"
-    )]
+    /// started for this command, unless DEADBOLT_REDIS_URL is set]
+    #[arg(long, value_name = "URL")]
     pub(crate) redis: Vec<String>,
     /// With several --redis: put each lock on one of the servers instead of a majority of them
     #[arg(long)]
@@ -52,7 +47,7 @@ impl PrivateTopologyArgs {
     /// Resolves `--redis`, `--sharded`, `--cluster` and `--sentinel`, starting a private server
     /// when none is given.
     pub(crate) fn target(&self) -> anyhow::Result<Target> {
-        if self.redis.iter().all(|url| url.trim().is_empty())
+        if crate::connect::redis_or_env(&self.redis).is_empty()
             && !self.sharded
             && self.cluster.is_empty()
             && self.sentinel.is_none()

@@ -45,8 +45,9 @@ struct Cli {
 /// The text under `deadbolt --help`.
 const AFTER_HELP: &str = "\
 Environment:
-  DEADBOLT_REDIS_URL  the Redis URL when --redis is not given, or a comma-separated list of
-                      them (a Redlock, as several --redis); run and status default to
+  DEADBOLT_REDIS_URL  the Redis URL when no --redis, --cluster or --sentinel is given, or a
+                      comma-separated list (a Redlock, as several --redis); run and status
+                      default to
                       redis://127.0.0.1:6379 (as redis-cli), bench and demo start a private
                       redis-server
   DEADBOLT_LOG        what to log on stderr, as a tracing filter: warn (the default), info,
