@@ -189,8 +189,9 @@ async fn try_on(node: &Node, key: &str, token: &str, how: Try) -> redis::RedisRe
                 Some([]) => (Some(String::new()), None),
             }
         } else {
-            let mut set = redis::cmd("SET");
-            set.arg(key)
+            let mut set = redis::Cmd::with_capacity(7, 128);
+            set.arg("SET")
+                .arg(key)
                 .arg(token)
                 .arg("NX")
                 .arg("PX")

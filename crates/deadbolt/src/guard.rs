@@ -94,7 +94,7 @@ impl LockGuard {
         };
         lease.validate()?;
         let held = &self.scope.held;
-        if held.lost.is_cancelled() {
+        if held.is_lost() {
             return Err(self.lost_error());
         }
         let inner = &self.client.inner;

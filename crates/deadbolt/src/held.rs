@@ -28,8 +28,9 @@ pub(crate) struct Held {
     /// of the lease (bumped by every `extend`): a renewal reply is applied only if no `extend`
     /// was sent since the renewal was, because Redis may have run them in either order.
     valid_until: Mutex<(Instant, u64)>,
-    /// Cancelled when the lock is lost.
-    pub(crate) lost: CancellationToken,
+    /// Cancelled when the lock is lost; made on first use (most locks are released without
+    /// anyone watching for a loss).
+    lost: OnceLock<CancellationToken>,
     /// Why it was lost; set once, before `lost` is cancelled.
     reason: OnceLock<LostReason>,
     /// Stops the task that cancels `lost` at `valid_until`, if one was started (see
@@ -68,7 +69,7 @@ impl Held {
             token: parts.token,
             place: parts.place,
             valid_until: Mutex::new((valid_until, 0)),
-            lost: CancellationToken::new(),
+            lost: OnceLock::new(),
             reason: OnceLock::new(),
             timer: OnceLock::new(),
             ticket: Mutex::new(Some(ticket)),
@@ -82,8 +83,17 @@ impl Held {
     /// Fires the lost signal and lets the next local task in. The first reason given sticks.
     pub(crate) fn mark_lost(&self, reason: LostReason) {
         let _ = self.reason.set(reason);
-        self.lost.cancel();
+        self.lost_signal().cancel();
         self.take_ticket();
+    }
+
+    /// Whether the lock is known to be lost.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.reason.get().is_some()
+    }
+
+    fn lost_signal(&self) -> &CancellationToken {
+        self.lost.get_or_init(CancellationToken::new)
     }
 
     /// Why the lock was lost, once it was.
@@ -138,7 +148,7 @@ impl Held {
         loop {
             let until = self.valid_until();
             tokio::select! {
-                _ = self.lost.cancelled() => return,
+                _ = self.lost_signal().cancelled() => return,
                 _ = sleep_until(until) => {
                     // A renewal may have moved the deadline while we slept.
                     if Instant::now() >= self.valid_until() {
@@ -155,13 +165,13 @@ impl Held {
     /// lock's state is dropped.
     pub(crate) fn lost_token(self: &std::sync::Arc<Self>) -> CancellationToken {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return self.lost.child_token();
+            return self.lost_signal().child_token();
         };
         self.timer.get_or_init(|| {
             let stop = CancellationToken::new();
             let (held, lost, stopped) = (
                 std::sync::Arc::downgrade(self),
-                self.lost.clone(),
+                self.lost_signal().clone(),
                 stop.clone(),
             );
             rt.spawn(async move {
@@ -182,7 +192,7 @@ impl Held {
             });
             stop.drop_guard()
         });
-        self.lost.child_token()
+        self.lost_signal().child_token()
     }
 
     /// The fencing token: the one minted with the acquisition, or one minted now by an
@@ -195,7 +205,7 @@ impl Held {
         let lost = || Error::LockLost {
             name: self.name.clone(),
         };
-        if self.lost.is_cancelled() {
+        if self.is_lost() {
             return Err(lost());
         }
         let minted = engine::mint(

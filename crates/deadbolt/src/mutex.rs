@@ -216,15 +216,19 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
         waited: start.elapsed(),
     };
 
-    let mut ticket = if try_only {
-        inner
-            .queue
-            .try_enter(&name)
-            .ok_or_else(|| Error::WouldBlock { name: name.clone() })?
-    } else {
-        timeout_at(deadline, inner.queue.enter(&name))
+    // A free line is entered at once, without arming a timer: the common, uncontended case.
+    // Its first attempt then counts its validity from `start`, which is only a little earlier
+    // than the send (and so on the safe side), without reading the clock again.
+    let mut sent_at = None;
+    let mut ticket = match inner.queue.try_enter(&name) {
+        Some(ticket) => {
+            sent_at = Some(start);
+            ticket
+        }
+        None if try_only => return Err(Error::WouldBlock { name }),
+        None => timeout_at(deadline, inner.queue.enter(&name))
             .await
-            .map_err(|_| timed_out())?
+            .map_err(|_| timed_out())?,
     };
 
     let lease = options.lease.duration();
@@ -246,6 +250,7 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
         // A plain sleep: the release message itself reaches this client's own subscription too.
         tracing::debug!(lock = %name, "handing off to waiters of other clients");
         busy = true;
+        sent_at = None;
         sleep_until((Instant::now() + HAND_OFF).min(deadline)).await;
     }
     loop {
@@ -271,7 +276,7 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
         released.as_mut().enable();
         // A subscribed waiter marks a deadbolt holder, so that its release publishes.
         let mark = !notifies.is_empty() && !inner.degraded(place);
-        let sent = Instant::now();
+        let sent = sent_at.take().unwrap_or_else(Instant::now);
         let holder = match pending.attempt(&name, lease, fenced, replicas, mark).await {
             Ok(Attempt::Acquired {
                 fence,

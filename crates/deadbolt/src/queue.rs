@@ -35,35 +35,62 @@ pub(crate) struct Line {
 
 /// One line per name.
 type Slot = Arc<tokio::sync::Mutex<Line>>;
-/// The names are shared with the tickets (one allocation per line, not one per ticket).
-type Slots = Arc<Mutex<HashMap<Arc<str>, Slot>>>;
+
+/// The lines kept before the first sweep of unused ones.
+const KEPT_LINES: usize = 1024;
 
 /// The per-client table of local lines, one per lock name in use.
-#[derive(Debug, Default)]
+///
+/// A line nobody is in stays in the table, so a name used again and again (the common case) is
+/// found without allocating; unused lines are swept when the table has doubled since the last
+/// sweep (and holds at least [`KEPT_LINES`]), so a million names used once do not stay in
+/// memory, at a cost spread over the insertions that grew it.
+#[derive(Debug)]
 pub(crate) struct LocalQueue {
-    slots: Slots,
+    slots: Mutex<Slots>,
+}
+
+#[derive(Debug)]
+struct Slots {
+    lines: HashMap<Box<str>, Slot>,
+    /// The table size at which unused lines are swept next.
+    sweep_at: usize,
+}
+
+impl Default for LocalQueue {
+    fn default() -> Self {
+        LocalQueue {
+            slots: Mutex::new(Slots {
+                lines: HashMap::new(),
+                sweep_at: KEPT_LINES,
+            }),
+        }
+    }
 }
 
 /// A place at the head of a line. The line moves on when the ticket is dropped, that is when the
 /// lock is released (or the attempt gives up).
 #[derive(Debug)]
 pub(crate) struct Ticket {
-    name: Arc<str>,
-    guard: Option<OwnedMutexGuard<Line>>,
-    slots: Slots,
+    guard: OwnedMutexGuard<Line>,
 }
 
 impl LocalQueue {
-    /// The line of `name`, made if there is none, and the name as the table keeps it.
-    fn slot(&self, name: &str) -> (Arc<str>, Slot) {
+    /// The line of `name`, made if there is none.
+    fn slot(&self, name: &str) -> Slot {
         let mut slots = self.slots.lock().unwrap();
-        if let Some((name, slot)) = slots.get_key_value(name) {
-            return (name.clone(), slot.clone());
+        if let Some(slot) = slots.lines.get(name) {
+            return slot.clone();
         }
-        let name: Arc<str> = Arc::from(name);
+        if slots.lines.len() >= slots.sweep_at {
+            // Only the table holds an unused line, and clones are only made under its lock, so
+            // a count of one cannot grow behind our back.
+            slots.lines.retain(|_, slot| Arc::strong_count(slot) > 1);
+            slots.sweep_at = (slots.lines.len() * 2).max(KEPT_LINES);
+        }
         let slot = Slot::default();
-        slots.insert(name.clone(), slot.clone());
-        (name, slot)
+        slots.lines.insert(name.into(), slot.clone());
+        slot
     }
 
     /// Waits for the head of the line of `name`.
@@ -72,64 +99,48 @@ impl LocalQueue {
     ///
     /// Cancel safe: a dropped future leaves the line.
     pub(crate) async fn enter(&self, name: &str) -> Ticket {
-        let (name, slot) = self.slot(name);
-        let mut ticket = Ticket {
-            name,
-            guard: None,
-            slots: self.slots.clone(),
-        };
-        ticket.guard = Some(slot.lock_owned().await);
-        ticket
+        Ticket {
+            guard: self.slot(name).lock_owned().await,
+        }
     }
 
     /// Takes the head of the line of `name` if nobody is in it.
     pub(crate) fn try_enter(&self, name: &str) -> Option<Ticket> {
-        let (name, slot) = self.slot(name);
-        let guard = slot.try_lock_owned().ok();
-        let ticket = Ticket {
-            name,
-            guard,
-            slots: self.slots.clone(),
-        };
-        // On failure the ticket's Drop still tidies the slot it created.
-        ticket.guard.is_some().then_some(ticket)
+        let guard = self.slot(name).try_lock_owned().ok()?;
+        Some(Ticket { guard })
+    }
+
+    #[cfg(test)]
+    fn lines(&self) -> usize {
+        self.slots.lock().unwrap().lines.len()
     }
 }
 
 impl Ticket {
     /// Marks the line: the release that ends this ticket woke waiters of other clients.
     pub(crate) fn hand_off(&mut self) {
-        if let Some(guard) = self.guard.as_mut() {
-            guard.hand_off = true;
-        }
+        self.guard.hand_off = true;
     }
 
     /// Whether the previous holder left a hand-off mark; clears it.
     pub(crate) fn take_hand_off(&mut self) -> bool {
-        self.guard
-            .as_mut()
-            .is_some_and(|guard| std::mem::take(&mut guard.hand_off))
+        std::mem::take(&mut self.guard.hand_off)
     }
 
     /// The line's state; the ticket holder has it to itself.
     pub(crate) fn line(&mut self) -> &mut Line {
-        // A ticket exists only with its guard: `try_enter` hands out none without one.
-        self.guard.as_mut().expect("a ticket holds its line")
+        &mut self.guard
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        // Let the next task in, then forget the line if nobody else is in it, so a million lock
-        // names used once do not stay in memory. Clones are only made under the table's lock,
-        // so a count of one (the table's own) cannot grow behind our back.
-        drop(self.guard.take());
-        let mut slots = self.slots.lock().unwrap();
-        if slots
-            .get(&self.name)
-            .is_some_and(|slot| Arc::strong_count(slot) == 1)
-        {
-            slots.remove(&self.name);
+        // Nobody else is in the line (only the table and this ticket hold it): what the line
+        // kept for the next in line goes, so a client that is subscribed is one whose line is
+        // not empty, and a later holder inherits no stale hand-off.
+        if Arc::strong_count(OwnedMutexGuard::mutex(&self.guard)) <= 2 {
+            self.guard.subscriptions.clear();
+            self.guard.hand_off = false;
         }
     }
 }
@@ -139,18 +150,15 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn line_is_fifo_and_forgotten_when_empty() {
-        let q = LocalQueue::default();
+    async fn line_is_fifo_and_its_mark_passes_only_to_the_next_in_line() {
+        let q = Arc::new(LocalQueue::default());
         let mut first = q.enter("a").await;
         assert!(!first.take_hand_off());
         first.hand_off();
         assert!(q.try_enter("a").is_none(), "the line is taken");
         let second = tokio::spawn({
-            let slots = q.slots.clone();
-            async move {
-                let q = LocalQueue { slots };
-                q.enter("a").await
-            }
+            let q = q.clone();
+            async move { q.enter("a").await }
         });
         tokio::task::yield_now().await;
         drop(first);
@@ -161,11 +169,26 @@ mod tests {
         );
         assert!(!second.take_hand_off(), "and is cleared");
         assert!(q.try_enter("a").is_none());
+        second.hand_off();
         drop(second);
+        let mut third = q.try_enter("a").expect("the line is free");
         assert!(
-            q.slots.lock().unwrap().is_empty(),
-            "empty lines are forgotten"
+            !third.take_hand_off(),
+            "a mark left with nobody in line is dropped"
         );
-        assert!(q.try_enter("a").is_some());
+    }
+
+    #[test]
+    fn unused_lines_are_swept_as_the_table_grows() {
+        let q = LocalQueue::default();
+        let held = q.try_enter("held").unwrap();
+        for i in 0..10 * KEPT_LINES {
+            drop(q.try_enter(&format!("n{i}")).unwrap());
+            assert!(q.lines() <= 2 * KEPT_LINES, "{} lines", q.lines());
+        }
+        // A line in use is never swept.
+        assert!(q.try_enter("held").is_none());
+        drop(held);
+        assert!(q.try_enter("held").is_some());
     }
 }

@@ -66,7 +66,7 @@ impl LockScope {
     /// Whether the lock is still ours as far as this process can tell: not lost, validity not
     /// passed. A `true` is only as good as [`LockScope::valid_until`].
     pub fn is_held(&self) -> bool {
-        !self.held.lost.is_cancelled() && Instant::now() < self.held.valid_until()
+        !self.held.is_lost() && Instant::now() < self.held.valid_until()
     }
 
     /// Resolves when the lock is lost: a renewal found it expired or taken, or its validity

@@ -273,7 +273,7 @@ fn next_wake(shared: &Shared) -> Instant {
 /// Fires the lost signal of every lock whose validity has passed, and forgets it.
 fn expire(shared: &Shared, now: Instant) {
     shared.entries.lock().unwrap().map.retain(|_, e| {
-        let alive = e.held.valid_until() > now && !e.held.lost.is_cancelled();
+        let alive = e.held.valid_until() > now && !e.held.is_lost();
         if e.held.valid_until() <= now {
             tracing::info!(lock = %e.held.name, "lock lost: {}", LostReason::NotRenewed);
             e.held.mark_lost(LostReason::NotRenewed);
