@@ -279,8 +279,9 @@ impl Client {
     }
 
     /// A connection for commands of your own on the same server (the scripts of
-    /// [`fence`](crate::fence), inspection, tests). It reconnects by itself; its commands have
-    /// no response timeout of their own, so bound them with `tokio::time::timeout`.
+    /// [`fence`](crate::fence), inspection, tests). It reconnects by itself. Each command waits
+    /// at most the command timeout for its reply (while reconnecting, one connection attempt
+    /// more), except on a Redlock's servers, where bound them with `tokio::time::timeout`.
     ///
     /// With several servers, this is the first one given.
     pub fn connection(&self) -> Connection {

@@ -28,8 +28,8 @@ use crate::sentinel::Sentinel;
 
 /// A connection to the servers of a [`Client`](crate::Client), for commands of your own: one
 /// server's (it reconnects by itself), or a Redis Cluster's (it routes each command by its key
-/// and follows `MOVED`, `ASK` and failovers). Use it with [`redis::AsyncCommands`]; its
-/// commands have no response timeout of their own, so bound them with `tokio::time::timeout`.
+/// and follows `MOVED`, `ASK` and failovers). Use it with [`redis::AsyncCommands`]; see
+/// [`Client::connection`](crate::Client::connection) for how long its commands may take.
 #[derive(Clone)]
 pub struct Connection(Kind);
 

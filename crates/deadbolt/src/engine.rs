@@ -24,7 +24,7 @@ use crate::key::fence_key;
 use crate::node::Node;
 use crate::place::{Placement, quorum};
 use crate::replicas::Replicas;
-use crate::scripts::{self, ACQUIRE, Lua, RENEW, WAIT};
+use crate::scripts::{self, ACQUIRE, Lua, RELEASE, RENEW, WAIT};
 use crate::token::{Holder, holder_of, unmarked};
 
 /// What one attempt found.
@@ -107,118 +107,146 @@ pub(crate) async fn attempt_on(
     how: Try,
     limit: Duration,
 ) -> Result<Attempt> {
-    let limit = limit + how.replicas.map_or(Duration::ZERO, |r| r.timeout);
-    outcome(
-        node,
-        key,
-        timeout(limit, try_on(node, key, token, how)).await.ok(),
-    )
+    let write = TryWrite::new(key, token, how);
+    let attempt = try_on(node, &write, how);
+    // Replica-synced, the write goes on the `WAIT` connection, which has no bound of its own.
+    let reply = match how.replicas {
+        Some(r) => timeout(limit + r.timeout, attempt).await.ok(),
+        None => match node.timer_for(limit) {
+            Some(limit) => timeout(limit, attempt).await.ok(),
+            None => Some(attempt.await),
+        },
+    };
+    outcome(node, key, reply)
 }
 
-/// [`attempt_on`] without its bound, for a fan-out that bounds all nodes at once.
-async fn try_on(node: &Node, key: &str, token: &str, how: Try) -> redis::RedisResult<Attempt> {
-    let Try {
-        lease,
-        fence_ttl,
-        replicas,
-        mark,
-    } = how;
-    let mut conn = node.conn.get();
-    let attempt = async {
-        let mut confirmed = None;
-        // Sends `write` (of `script`, if one), with a `WAIT` when replica-synced.
-        let mut send =
-            async |write: &redis::Cmd, script: Option<&Lua>| -> redis::RedisResult<redis::Value> {
-                match (replicas, &node.replicated) {
-                    (Some(r), Some(sync)) => {
-                        let (reply, n) = crate::replicas::send(sync, write, script, r).await?;
-                        confirmed = Some(n);
-                        Ok(reply)
-                    }
-                    _ => match script {
-                        Some(script) => script.run(write, &mut conn, None).await,
-                        None => write.query_async(&mut conn).await,
-                    },
-                }
-            };
-        if let Some(fence_ttl) = fence_ttl {
+/// The command of a try, built once for all the nodes it goes to.
+pub(super) struct TryWrite<'a> {
+    key: &'a str,
+    token: &'a str,
+    call: redis::Cmd,
+    /// The script `call` runs, if it is one: `acquire.lua` (fenced) or `wait.lua` (marking).
+    script: Option<&'static Lua>,
+}
+
+impl<'a> TryWrite<'a> {
+    pub(super) fn new(key: &'a str, token: &'a str, how: Try) -> TryWrite<'a> {
+        let lease = how.lease.as_millis() as u64;
+        let (call, script) = if let Some(fence_ttl) = how.fence_ttl {
             let mut call = ACQUIRE.call(2);
             call.arg(key)
                 .arg(fence_key(key))
                 .arg(token)
-                .arg(lease.as_millis() as u64)
+                .arg(lease)
                 .arg(fence_ttl.as_millis() as u64)
-                .arg(u8::from(mark));
-            // {1, fence} or {0, pttl, holder}. The whole attempt is bounded below.
-            let reply: Vec<redis::Value> =
-                redis::FromRedisValue::from_redis_value(send(&call, Some(&ACQUIRE)).await?)?;
-            let int = |i: usize| match reply.get(i) {
-                Some(redis::Value::Int(n)) => *n,
-                _ => -2,
-            };
-            return Ok(if int(0) == 1 {
-                Attempt::Acquired {
-                    fence: Some(int(1) as u64),
-                    replicas: confirmed,
-                }
-            } else {
-                let holder = match reply.get(2) {
-                    Some(redis::Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
-                    _ => None,
-                };
-                Attempt::Held(holder_of(holder.as_deref(), int(1)))
-            });
-        }
-        // The holder's value (nil: the lock is now ours) and, from `wait.lua`, a peer's PTTL.
-        let (previous, pttl): (Option<String>, Option<i64>) = if mark {
+                .arg(u8::from(how.mark));
+            (call, Some(&*ACQUIRE))
+        } else if how.mark {
             let mut call = WAIT.call(1);
-            call.arg(key).arg(token).arg(lease.as_millis() as u64);
-            // nil, {holder} or {holder, pttl}.
-            let reply: Option<Vec<redis::Value>> =
-                redis::FromRedisValue::from_redis_value(send(&call, Some(&WAIT)).await?)?;
-            match reply.as_deref() {
-                None => (None, None),
-                Some([holder, rest @ ..]) => {
-                    let holder: String = redis::FromRedisValue::from_redis_value(holder.clone())?;
-                    let pttl = match rest.first() {
-                        Some(redis::Value::Int(n)) => Some(*n),
-                        _ => None,
-                    };
-                    (Some(holder), pttl)
-                }
-                Some([]) => (Some(String::new()), None),
-            }
+            call.arg(key).arg(token).arg(lease);
+            (call, Some(&*WAIT))
         } else {
-            let mut set = redis::Cmd::with_capacity(7, 128);
-            set.arg("SET")
+            let mut call = redis::Cmd::with_capacity(7, 128);
+            call.arg("SET")
                 .arg(key)
                 .arg(token)
                 .arg("NX")
                 .arg("PX")
-                .arg(lease.as_millis() as u64)
+                .arg(lease)
                 .arg("GET");
-            let reply = send(&set, None).await?;
-            (redis::FromRedisValue::from_redis_value(reply)?, None)
+            (call, None)
         };
-        let acquired = Attempt::Acquired {
-            fence: None,
-            replicas: confirmed,
-        };
-        Ok(match previous {
-            None => acquired,
-            // A retry after an ambiguous outcome: the earlier try landed (and a waiter may have
-            // marked it since).
-            Some(holder) if unmarked(&holder) == token => acquired,
-            Some(holder) => match holder_of(Some(&holder), pttl.unwrap_or(0)) {
-                Holder::Peer { .. } if pttl.is_none() => {
-                    let pttl: i64 = conn.pttl(key).await?;
-                    Attempt::Held(holder_of(Some(&holder), pttl))
-                }
-                held => Attempt::Held(held),
-            },
-        })
+        TryWrite {
+            key,
+            token,
+            call,
+            script,
+        }
+    }
+}
+
+/// [`attempt_on`] without its bound, for a fan-out that bounds all nodes at once.
+pub(super) async fn try_on(
+    node: &Node,
+    write: &TryWrite<'_>,
+    how: Try,
+) -> redis::RedisResult<Attempt> {
+    let TryWrite {
+        key,
+        token,
+        ref call,
+        script,
+    } = *write;
+    let mut conn = node.conn.get();
+    let mut confirmed = None;
+    // Sent with a `WAIT` when replica-synced.
+    let reply = match (how.replicas, &node.replicated) {
+        (Some(r), Some(sync)) => {
+            let (reply, n) = crate::replicas::send(sync, call, script, r).await?;
+            confirmed = Some(n);
+            reply
+        }
+        _ => match script {
+            Some(script) => script.run(call, &mut conn, None).await?,
+            None => call.query_async(&mut conn).await?,
+        },
     };
-    attempt.await
+    if how.fence_ttl.is_some() {
+        // {1, fence} or {0, pttl, holder}.
+        let reply: Vec<redis::Value> = redis::FromRedisValue::from_redis_value(reply)?;
+        let int = |i: usize| match reply.get(i) {
+            Some(redis::Value::Int(n)) => *n,
+            _ => -2,
+        };
+        return Ok(if int(0) == 1 {
+            Attempt::Acquired {
+                fence: Some(int(1) as u64),
+                replicas: confirmed,
+            }
+        } else {
+            let holder = match reply.get(2) {
+                Some(redis::Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
+                _ => None,
+            };
+            Attempt::Held(holder_of(holder.as_deref(), int(1)))
+        });
+    }
+    // The holder's value (nil: the lock is now ours) and, from `wait.lua`, a peer's PTTL.
+    let (previous, pttl): (Option<String>, Option<i64>) = if how.mark {
+        // nil, {holder} or {holder, pttl}.
+        let reply: Option<Vec<redis::Value>> = redis::FromRedisValue::from_redis_value(reply)?;
+        match reply.as_deref() {
+            None => (None, None),
+            Some([holder, rest @ ..]) => {
+                let holder: String = redis::FromRedisValue::from_redis_value(holder.clone())?;
+                let pttl = match rest.first() {
+                    Some(redis::Value::Int(n)) => Some(*n),
+                    _ => None,
+                };
+                (Some(holder), pttl)
+            }
+            Some([]) => (Some(String::new()), None),
+        }
+    } else {
+        (redis::FromRedisValue::from_redis_value(reply)?, None)
+    };
+    let acquired = Attempt::Acquired {
+        fence: None,
+        replicas: confirmed,
+    };
+    Ok(match previous {
+        None => acquired,
+        // A retry after an ambiguous outcome: the earlier try landed (and a waiter may have
+        // marked it since).
+        Some(holder) if unmarked(&holder) == token => acquired,
+        Some(holder) => match holder_of(Some(&holder), pttl.unwrap_or(0)) {
+            Holder::Peer { .. } if pttl.is_none() => {
+                let pttl: i64 = conn.pttl(key).await?;
+                Attempt::Held(holder_of(Some(&holder), pttl))
+            }
+            held => Attempt::Held(held),
+        },
+    })
 }
 
 /// An attempt's reply (`None`: none in time) as the engine reports it.
@@ -229,7 +257,7 @@ fn outcome(node: &Node, key: &str, reply: Option<redis::RedisResult<Attempt>>) -
         Some(Err(err)) if is_transient(&err) => {
             // `READONLY` means the node was demoted by a failover (see `conn.rs`).
             node.conn.saw_error(&err);
-            Err(Error::Redis(err))
+            Err(Error::Redis(crate::error::as_no_reply(err)))
         }
         // Redis refused the command (say WRONGTYPE): nothing was written.
         Some(Err(err)) => Err(Error::from_redis(err, key)),
@@ -251,12 +279,14 @@ pub(crate) async fn release<'a>(
     own_subscription: bool,
     limit: Duration,
 ) -> Result<i64> {
-    // Bounded here on one node; by the fan-out's single timer on a quorum.
-    let bound = matches!(place, Placement::One(_)).then_some(limit);
+    // Bounded here on one node (by its connection, if that is enough); by the fan-out's single
+    // timer on a quorum.
+    let one = matches!(place, Placement::One(_));
+    // Built once, sent to every node.
+    let call = &scripts::release_call(key, token, own_subscription, nodes[0].cluster);
     let release_on = move |node: &'a Node| async move {
-        let mut conn = node.conn.get();
-        let code =
-            scripts::release(&mut conn, key, token, own_subscription, node.cluster, bound).await;
+        let bound = if one { node.timer_for(limit) } else { None };
+        let code = RELEASE.run::<i64>(call, &mut node.conn.get(), bound).await;
         if let Ok(3) = code {
             // Redis refused the PUBLISH: this user may not use the channels (any more). Later
             // tokens say so, so waiters re-check instead of waiting for a message.
@@ -320,7 +350,7 @@ pub(crate) async fn renew(
         let call = &call;
         async move {
             let reply = RENEW
-                .run::<Vec<i64>>(call, &mut node.conn.get(), Some(limit))
+                .run::<Vec<i64>>(call, &mut node.conn.get(), node.timer_for(limit))
                 .await;
             if let Err(err) = &reply {
                 tracing::warn!(node = %node.addr, error = %err, locks = locks.len(), "lease renewal failed; retrying");

@@ -261,6 +261,12 @@ pub(crate) fn no_reply_error() -> redis::RedisError {
     ))
 }
 
+/// `e`, told as [`no_reply_error`] if it is a timeout (a connection's response timeout says
+/// only "timed out").
+pub(crate) fn as_no_reply(e: redis::RedisError) -> redis::RedisError {
+    if e.is_timeout() { no_reply_error() } else { e }
+}
+
 /// Whether a Redis error is about the connection rather than the command: worth a retry.
 pub(crate) fn is_transient(e: &redis::RedisError) -> bool {
     e.is_io_error()

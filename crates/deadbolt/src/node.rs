@@ -27,6 +27,10 @@ pub(crate) struct Settings {
     pub(crate) prefix: String,
     pub(crate) command_timeout: Duration,
     pub(crate) connect_timeout: Duration,
+    /// Whether the command connection bounds each command itself (see [`Node::timer_for`]):
+    /// yes where a lock lives on one node; no for Redlock, where one timer bounds each fan-out
+    /// by the node timeout instead.
+    pub(crate) bounded: bool,
     #[cfg(feature = "tls")]
     pub(crate) tls_root_cert: Option<crate::tls::RootCert>,
 }
@@ -43,6 +47,8 @@ pub(crate) struct Node {
     pub(crate) addr: String,
     /// Whether this is a Redis Cluster (sharded pub/sub, slot-bound scripts).
     pub(crate) cluster: bool,
+    /// The response timeout of the command connection, if it has one.
+    bound: Option<Duration>,
     /// Ends the heartbeat and Sentinel tasks when the node is dropped.
     _heartbeat: Option<DropGuard>,
 }
@@ -121,7 +127,7 @@ impl Node {
         drop(conn);
 
         let config = manager_config(settings);
-        let conn = Conn::connect(source.clone(), config.clone())
+        let conn = Conn::connect(source.clone(), command_config(settings))
             .await
             .map_err(connect_err)?;
         let replicated = Conn::lazy(source.clone(), config.clone()).map_err(connect_err)?;
@@ -228,6 +234,8 @@ impl Node {
             waiters,
             addr,
             cluster: true,
+            // Each try of a command, not the command with its redirections: bounded by deadbolt.
+            bound: None,
             _heartbeat: None,
         })
     }
@@ -247,7 +255,7 @@ impl Node {
             addr: addr.clone(),
             source,
         };
-        let conn = Conn::lazy(source.clone(), config.clone()).map_err(lazy_err)?;
+        let conn = Conn::lazy(source.clone(), command_config(settings)).map_err(lazy_err)?;
         let replicated = Conn::lazy(source.clone(), config.clone()).map_err(lazy_err)?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let pubsub = Conn::lazy(
@@ -312,7 +320,17 @@ impl Node {
             waiters,
             addr,
             cluster: false,
+            bound: settings.bounded.then_some(settings.command_timeout),
             _heartbeat: Some(stop.drop_guard()),
+        }
+    }
+
+    /// The timer a command on the command connection needs for its reply to come within
+    /// `limit`: none when the connection gives up by then on its own (see [`command_config`]).
+    pub(crate) fn timer_for(&self, limit: Duration) -> Option<Duration> {
+        match self.bound {
+            Some(bound) if bound <= limit => None,
+            _ => Some(limit),
         }
     }
 
@@ -351,10 +369,29 @@ fn open(url: &str, settings: &Settings) -> Result<(redis::Client, String)> {
     Ok((client, addr))
 }
 
-/// How every connection manager of a node is set up.
+/// How the command connection of a node is set up. Where a lock lives on one node, the
+/// connection bounds every command itself, as redis-rs does by default, so deadbolt arms no
+/// timer of its own per command:
+///
+/// - a reply is awaited for at most the command timeout (the response timeout);
+/// - while the connection is down, a command waits for one reconnection attempt at most (no
+///   retries inside the manager: at most the connect timeout), then fails, and the next command
+///   tries again. The heartbeat and the watchdog's checks keep trying while locks are held.
+///
+/// A Redlock's connections have neither: each fan-out has one timer for all nodes.
+fn command_config(settings: &Settings) -> ConnectionManagerConfig {
+    let config = manager_config(settings);
+    if !settings.bounded {
+        return config;
+    }
+    config
+        .set_response_timeout(Some(settings.command_timeout))
+        .set_number_of_retries(0)
+}
+
+/// How every connection manager of a node is set up. No response timeout: the pub/sub and
+/// `WAIT` connections bound their commands by limits of their own.
 fn manager_config(settings: &Settings) -> ConnectionManagerConfig {
-    // No response timeout in the manager: every command deadbolt sends has its own bound (a
-    // second timer per command would only cost time).
     ConnectionManagerConfig::new()
         .set_connection_timeout(Some(settings.connect_timeout))
         .set_response_timeout(None)

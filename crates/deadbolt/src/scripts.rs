@@ -67,17 +67,19 @@ impl Lua {
     }
 }
 
-/// `reply`, or a timeout error if it takes longer than `limit`.
+/// `reply`, or a timeout error if it takes longer than `limit` (or than the connection's own
+/// response timeout, which is reported the same way).
 async fn bounded<T>(
     limit: Option<Duration>,
     reply: impl Future<Output = RedisResult<T>>,
 ) -> RedisResult<T> {
-    match limit {
+    let reply = match limit {
         Some(limit) => tokio::time::timeout(limit, reply)
             .await
             .unwrap_or_else(|_| Err(crate::error::no_reply_error())),
         None => reply.await,
-    }
+    };
+    reply.map_err(crate::error::as_no_reply)
 }
 
 /// A pipeline that loads every script the locks run (replies ignored), for `connect` to send
@@ -136,18 +138,12 @@ pub(crate) static RENEW: LazyLock<Lua> =
 pub(crate) static FENCED_SET: LazyLock<Lua> =
     LazyLock::new(|| Lua::new(include_str!("scripts/fenced_set.lua")));
 
-/// Runs `release.lua` for one lock: 1 released, 2 released with other clients waiting, 3
-/// released without telling waiters (no channel rights), 0 already expired, -1 held by another
-/// owner. `own_subscription`: this client is subscribed to the lock's channel itself, which is
-/// not someone to wake. `sharded`: waiters listen on the sharded channel (a Redis Cluster).
-pub(crate) async fn release(
-    conn: &mut impl ConnectionLike,
-    key: &str,
-    token: &str,
-    own_subscription: bool,
-    sharded: bool,
-    limit: Option<Duration>,
-) -> RedisResult<i64> {
+/// The call of `release.lua` for one lock, to [`RELEASE`]`.run` on each of its nodes. Its
+/// reply: 1 released, 2 released with other clients waiting, 3 released without telling waiters
+/// (no channel rights), 0 already expired, -1 held by another owner. `own_subscription`: this
+/// client is subscribed to the lock's channel itself, which is not someone to wake. `sharded`:
+/// waiters listen on the sharded channel (a Redis Cluster).
+pub(crate) fn release_call(key: &str, token: &str, own_subscription: bool, sharded: bool) -> Cmd {
     let mut call = RELEASE.call(1);
     call.arg(key).arg(token);
     // Trailing zeros are left out (the script reads a missing flag as 0): the common release,
@@ -158,7 +154,7 @@ pub(crate) async fn release(
     if sharded {
         call.arg(1);
     }
-    RELEASE.run(&call, conn, limit).await
+    call
 }
 
 #[cfg(test)]

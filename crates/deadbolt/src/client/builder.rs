@@ -103,6 +103,7 @@ impl ClientBuilder {
             prefix: self.prefix.clone(),
             command_timeout: self.command_timeout,
             connect_timeout: self.connect_timeout,
+            bounded: self.mode != Mode::Redlock,
             #[cfg(feature = "tls")]
             tls_root_cert: self.tls_root_cert.clone(),
         };

@@ -47,7 +47,10 @@ pub(crate) async fn mint(
         let mut reply: redis::RedisResult<Vec<i64>> = Err(crate::error::no_reply_error());
         // One retry after a connection-level failure: minting twice only skips a token.
         for _ in 0..2 {
-            reply = MINT.run(&call, &mut nodes[i].conn.get(), Some(limit)).await;
+            let node = &nodes[i];
+            reply = MINT
+                .run(&call, &mut node.conn.get(), node.timer_for(limit))
+                .await;
             if !reply.as_ref().is_err_and(is_transient) {
                 break;
             }

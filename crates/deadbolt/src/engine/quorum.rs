@@ -1,19 +1,17 @@
 //! The quorum steps of a Redlock lock: one fan-out to every node, bounded by one timer, and
 //! the votes of the nodes that answered.
 
-use std::future::poll_fn;
-use std::pin::{Pin, pin};
-use std::task::Poll;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use tokio::time::{Instant, sleep_until};
 
-use super::{Attempt, Try, node_timeout, outcome, try_on};
+use super::{Attempt, Try, TryWrite, node_timeout, outcome, try_on};
 use crate::error::{Error, NodeOutcome, Result, Vote};
 use crate::node::Node;
 use crate::options::drift;
 use crate::place::quorum;
-use crate::scripts;
+use crate::scripts::{self, RELEASE};
 use crate::token::Holder;
 
 /// One try on every node at once. Acquired when a majority took the lock and its validity
@@ -38,12 +36,10 @@ pub(crate) async fn attempt_quorum(
         replicas: None,
         mark,
     };
+    // Built once, sent to every node.
+    let write = TryWrite::new(key, token, how);
     let sent = Instant::now();
-    let replies = join_until(
-        sent + limit,
-        nodes.iter().map(|n| try_on(n, key, token, how)),
-    )
-    .await;
+    let replies = join_until(sent + limit, nodes.iter().map(|n| try_on(n, &write, how))).await;
     let replies: Vec<Result<Attempt>> = nodes
         .iter()
         .zip(replies)
@@ -70,11 +66,11 @@ pub(crate) async fn attempt_quorum(
         .collect();
     // Bounded like the attempt: a silent node must not hold up the wait. What is not confirmed
     // is released again when the acquisition ends (see `Pending` in `mutex.rs`).
+    let call = &scripts::release_call(key, token, false, nodes[0].cluster);
     let released = join_until(
         Instant::now() + limit,
-        mine.iter().map(|n| async move {
-            scripts::release(&mut n.conn.get(), key, token, false, n.cluster, None).await
-        }),
+        mine.iter()
+            .map(|n| async move { RELEASE.run::<i64>(call, &mut n.conn.get(), None).await }),
     )
     .await;
     let cleaned = released.iter().all(|r| matches!(r, Some(Ok(_))));
@@ -100,33 +96,23 @@ pub(crate) async fn attempt_quorum(
 
 /// Runs `futures` at once until all are done or `deadline` passes, with one timer for all of
 /// them (a fan-out to N nodes would otherwise start N): `None` for those not done in time.
+/// Each future writes its output into a slot of its own, so the outputs of those done survive
+/// the deadline; the futures live in one allocation (`join_all`'s), not one each.
 pub(super) async fn join_until<F: Future>(
     deadline: Instant,
-    futures: impl Iterator<Item = F>,
+    futures: impl ExactSizeIterator<Item = F>,
 ) -> Vec<Option<F::Output>> {
-    let mut running: Vec<Option<Pin<Box<F>>>> = futures.map(|f| Some(Box::pin(f))).collect();
-    let mut done: Vec<Option<F::Output>> = running.iter().map(|_| None).collect();
-    let mut expired = pin!(sleep_until(deadline));
-    poll_fn(|cx| {
-        let mut all = true;
-        for (slot, out) in running.iter_mut().zip(done.iter_mut()) {
-            if let Some(future) = slot {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(value) => {
-                        *out = Some(value);
-                        *slot = None;
-                    }
-                    Poll::Pending => all = false,
-                }
-            }
-        }
-        if all || expired.as_mut().poll(cx).is_ready() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    })
-    .await;
+    let mut done: Vec<Option<F::Output>> = (0..futures.len()).map(|_| None).collect();
+    let all = join_all(
+        done.iter_mut()
+            .zip(futures)
+            .map(|(slot, future)| async move { *slot = Some(future.await) }),
+    );
+    tokio::select! {
+        biased;
+        _ = all => {}
+        () = sleep_until(deadline) => {}
+    }
     done
 }
 
