@@ -71,6 +71,7 @@
 //! left alone. Every key the bench creates is deleted at the end, also after Ctrl-C (the
 //! cluster's keys go with the cluster, which is stopped like the other private servers).
 
+mod link;
 mod phase;
 mod report;
 mod server;
@@ -82,6 +83,7 @@ use deadbolt::Client;
 
 use deadbolt_testkit::{RedisCluster, RedisMasters};
 
+use self::link::{Links, MAX_LINK_DELAY};
 use self::phase::{Floor, Floor3, Phase, Stop, Uncontended, W2, Work, run_phase};
 use self::report::{Ideal, Measured, Report};
 use self::server::{Census, CensusCounts, CommandCounts, ServerStats};
@@ -160,6 +162,11 @@ pub(crate) struct Args {
     #[arg(long)]
     fenced: bool,
 
+    /// The workloads of the private servers (floor, W1, W2, floor3, W3) reach them through a
+    /// proxy that holds every chunk this long each way, as a network link would [default: none]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    link_delay: Option<Duration>,
+
     /// Print one JSON object per workload per line instead of the table
     #[arg(long)]
     json: bool,
@@ -230,6 +237,8 @@ pub(crate) struct Plan {
     pub(crate) rounds: usize,
     /// Whether W1's, W3's and W1c's locks are fenced.
     pub(crate) fenced: bool,
+    /// How long the links to the private servers hold every chunk each way.
+    pub(crate) link_delay: Option<Duration>,
 }
 
 impl Plan {
@@ -271,6 +280,26 @@ impl Plan {
                  DEADBOLT_REDIS_URL): leave it out to run it",
             ));
         }
+        let link_delay = args.link_delay.filter(|d| !d.is_zero());
+        if let Some(delay) = link_delay {
+            if given && workloads.iter().any(|w| w.on_single()) {
+                return Err(usage(
+                    "--link-delay runs the workloads over the bench's own private servers, not                      --redis (or DEADBOLT_REDIS_URL): leave it out",
+                ));
+            }
+            if workloads.iter().any(|w| w.on_cluster()) {
+                return Err(usage(
+                    "--link-delay cannot run w1c: a cluster tells its clients its nodes' own                      addresses, which no proxy stands in front of",
+                ));
+            }
+            if delay > MAX_LINK_DELAY {
+                return Err(usage(format!(
+                    "--link-delay must be at most {}, not {}",
+                    human::duration(MAX_LINK_DELAY),
+                    human::duration(delay)
+                )));
+            }
+        }
         // Only checked when W2 runs: `--clients 8` is harmless next to `--workload w1`.
         if workloads.contains(&Workload::W2) && args.clients > args.w2_workers {
             return Err(usage(format!(
@@ -310,6 +339,7 @@ impl Plan {
             stop,
             rounds: args.rounds,
             fenced: args.fenced,
+            link_delay,
         })
     }
 
@@ -471,6 +501,8 @@ struct Bench {
     quorum: Option<Servers>,
     /// The cluster's masters, when W1c runs.
     cluster: Option<Servers>,
+    /// The workloads' links to their servers (`--link-delay`).
+    _links: Links,
 }
 
 impl Bench {
@@ -482,6 +514,7 @@ impl Bench {
         cluster: Option<&ClusterUrls>,
         plan: &Plan,
     ) -> anyhow::Result<Bench> {
+        let mut links = Links::new(plan.link_delay);
         let mut bench = Bench {
             floor: None,
             w1: None,
@@ -492,10 +525,12 @@ impl Bench {
             single: None,
             quorum: None,
             cluster: None,
+            _links: Links::default(),
         };
         if let Some((url, private)) = single {
             let mut servers = Servers::connect(&[url.to_owned()], private).await?;
             let keys = &mut servers.keys;
+            let url = &links.route(url)?;
             // The floor runs over W1's own command connection: same socket settings, same
             // multiplexing, so the ratio is the library's cost and nothing else.
             let w1_client = connect_client(Client::builder(url)).await?;
@@ -527,6 +562,7 @@ impl Bench {
         if let Some(urls) = quorum {
             let mut servers = Servers::connect(urls, true).await?;
             let keys = &mut servers.keys;
+            let urls = &links.route_all(urls)?;
             // floor3 runs over W3's own command connections, as the floor over W1's.
             let w3_client = connect_client(Client::redlock(urls.iter().cloned())).await?;
             if plan.has(Workload::Floor3) {
@@ -553,6 +589,7 @@ impl Bench {
             bench.w1c = Some(Work::W1c(w1c));
             bench.cluster = Some(servers);
         }
+        bench._links = links;
         Ok(bench)
     }
 
