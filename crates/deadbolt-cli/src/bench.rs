@@ -11,6 +11,9 @@
 //! - **`floor`**: the raw baseline, no library. Each worker loops `SET key token NX PX 30000`
 //!   then `EVALSHA` of a compare-and-delete script on its own key (`bench:floor:{i}`), over one
 //!   shared connection. Nothing can be cheaper and still be a lock: two round trips per cycle.
+//!   The connection is W1's own command connection, which bounds each command by the client's
+//!   command timeout (a response timeout, as redis-rs sets by default): the floor pays that
+//!   bound as W1 does, and W1 adds no second one.
 //! - **`W1`**: the library's overhead. `--workers` workers, each on its own lock (`w1:{i}`), loop
 //!   acquire (fixed 30 s lease) → release through one shared [`deadbolt::Client`]. There is no
 //!   contention, so `W1 / floor` is the price of fencing tokens, release notifications and the
@@ -65,6 +68,14 @@
 //!   1 / (GET + hold + SET + RTT), measured on an idle connection just before W2 (the hold as
 //!   actually slept, since timers round up): how much of the hand-off between holders the lock
 //!   hides. `W3 / floor3`, `W3 cycle / W1 cycle` and `W1c / W1`: see the workloads.
+//!
+//! # `--link-delay`
+//!
+//! On loopback, a Redlock's cost over one server is CPU: the five servers and their wake-ups
+//! share two cores, so even floor3's cycle is well over the floor's. Between machines it is
+//! latency: the five round trips overlap. `--link-delay D` puts a proxy that holds every chunk
+//! `D` each way between the workloads and the private servers (floor, W1, W2, floor3, W3; not
+//! W1c, whose cluster hands out its nodes' own addresses), to measure that second picture.
 //!
 //! Against a shared Redis (`--redis`), other clients' commands land in the command counts; the
 //! statistics are then read as a difference rather than reset, so the server's own statistics are
@@ -284,12 +295,14 @@ impl Plan {
         if let Some(delay) = link_delay {
             if given && workloads.iter().any(|w| w.on_single()) {
                 return Err(usage(
-                    "--link-delay runs the workloads over the bench's own private servers, not                      --redis (or DEADBOLT_REDIS_URL): leave it out",
+                    "--link-delay runs the workloads over the bench's own private servers, not \
+                     --redis (or DEADBOLT_REDIS_URL): leave it out",
                 ));
             }
             if workloads.iter().any(|w| w.on_cluster()) {
                 return Err(usage(
-                    "--link-delay cannot run w1c: a cluster tells its clients its nodes' own                      addresses, which no proxy stands in front of",
+                    "--link-delay cannot run w1c: a cluster tells its clients its nodes' own \
+                     addresses, which no proxy stands in front of",
                 ));
             }
             if delay > MAX_LINK_DELAY {

@@ -1462,6 +1462,56 @@ fn bench_w3_reports_floor3_and_w3_against_w1() {
     assert!(stderr(&out).contains("5 private redis-servers"), "{out:?}");
 }
 
+/// `--link-delay` puts its delay on every round trip of the workloads (a floor cycle is two
+/// round trips, so at least four delays), for floor3 and W3 too; it refuses what it cannot
+/// proxy, and a delay beyond any link, before starting anything.
+#[test]
+fn bench_link_delay_delays_every_round_trip() {
+    let out = deadbolt()
+        .env_remove("DEADBOLT_REDIS_URL")
+        .args(["bench", "--workload", "floor", "--workload", "floor3"])
+        .args(["--workers", "1", "--ops", "20", "--rounds", "1"])
+        .args(["--link-delay", "5ms", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row["errors"], 0, "{row}");
+        let p50 = row["cycle_p50_us"].as_u64().unwrap();
+        assert!(
+            p50 >= 20_000,
+            "a cycle of two delayed round trips took {p50} µs: {row}"
+        );
+    }
+    let server = RedisServer::start().unwrap();
+    let url = server.url();
+    for (args, want) in [
+        (["--link-delay", "1ms", "--redis", &url], "not --redis"),
+        (
+            ["--link-delay", "1ms", "--workload", "w1c"],
+            "cannot run w1c",
+        ),
+        (
+            ["--link-delay", "1s", "--workload", "floor"],
+            "at most 50ms",
+        ),
+    ] {
+        let out = deadbolt()
+            .env_remove("DEADBOLT_REDIS_URL")
+            .arg("bench")
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 2, "{args:?}: {out:?}");
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    }
+}
+
 /// Ctrl-C during W3 exits 130 and stops the 5 private servers.
 #[test]
 fn bench_w3_interrupted_stops_its_servers() {

@@ -47,8 +47,10 @@ impl ClientBuilder {
         self
     }
 
-    /// How long to wait for the reply to any one command; the default is 1 s. A command that
-    /// timed out may still have run: lock scripts are idempotent per owner token for that reason.
+    /// How long to wait for the reply to any one command; the default is 1 s. A command sent while
+    /// the connection is being made again waits for that one attempt too (at most the connect
+    /// timeout). A command that timed out may still have run: lock scripts are idempotent per
+    /// owner token for that reason.
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
         self
