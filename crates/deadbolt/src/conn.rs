@@ -17,6 +17,7 @@
 //! Sentinels moved the master it reaches the new one; and a `Conn` whose source moved since it
 //! was made replaces itself on next use.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -133,6 +134,9 @@ struct Shared {
     current: RwLock<(Connection, u64)>,
     /// How to make a new one; `None` for a Cluster connection, which repairs itself.
     source: Option<(Source, ConnectionManagerConfig)>,
+    /// Whether the connection is known to be up: it answered its last heartbeat, and was not
+    /// replaced or seen failing since. See [`Conn::is_up`].
+    up: AtomicBool,
 }
 
 impl std::fmt::Debug for Conn {
@@ -149,7 +153,9 @@ impl Conn {
     ) -> redis::RedisResult<Conn> {
         let generation = source.generation();
         let manager = ConnectionManager::new_with_config(source.client(), config.clone()).await?;
-        Ok(Conn::wrap(manager, generation, source, config))
+        let conn = Conn::wrap(manager, generation, source, config);
+        conn.shared.up.store(true, Ordering::Relaxed);
+        Ok(conn)
     }
 
     /// Like [`Conn::connect`], but connects on first use: for a server that did not answer at
@@ -173,6 +179,7 @@ impl Conn {
             shared: Arc::new(Shared {
                 current: RwLock::new((Connection(Kind::Server(manager)), generation)),
                 source: Some((source, config)),
+                up: AtomicBool::new(false),
             }),
         }
     }
@@ -183,6 +190,7 @@ impl Conn {
             shared: Arc::new(Shared {
                 current: RwLock::new((Connection(Kind::Cluster(conn)), 0)),
                 source: None,
+                up: AtomicBool::new(false),
             }),
         }
     }
@@ -239,18 +247,25 @@ impl Conn {
             return current.0.clone();
         }
         match ConnectionManager::new_lazy_with_config(source.client(), config.clone()) {
-            Ok(fresh) => *current = (Connection(Kind::Server(fresh)), generation),
+            Ok(fresh) => {
+                // Connected on first use, which may take a connection attempt.
+                self.shared.up.store(false, Ordering::Relaxed);
+                *current = (Connection(Kind::Server(fresh)), generation);
+            }
             // Only possible for configurations `connect` already accepted; keep the old one.
             Err(err) => tracing::warn!(error = %err, "cannot make a new connection"),
         }
         current.0.clone()
     }
 
-    /// Reacts to an error of a command sent on this connection: `READONLY` means the node was
+    /// Reacts to a connection-level error of a command sent on this connection: the connection
+    /// is no longer known to be up (see [`Conn::is_up`]). `READONLY` means the node was
     /// demoted (a failover). The connection is replaced, which reaches the new master when the
     /// address is a DNS name or proxy that moved; for a Sentinel source, the Sentinels are
     /// asked at once instead of at the next poll.
     pub(crate) fn saw_error(&self, err: &redis::RedisError) {
+        // Refused, reset or silent: the manager may be connecting again.
+        self.shared.up.store(false, Ordering::Relaxed);
         if err.code() != Some("READONLY") {
             return;
         }
@@ -263,12 +278,24 @@ impl Conn {
         let mut conn = self.get();
         let cmd = redis::cmd("PING");
         let ping = cmd.query_async::<()>(&mut conn);
-        match tokio::time::timeout(limit, ping).await {
+        let outcome = match tokio::time::timeout(limit, ping).await {
             Ok(Ok(())) => PingOutcome::Answered,
             // Refused or reset: the manager knows and is reconnecting already.
             Ok(Err(_)) => PingOutcome::Failed,
             Err(_) => PingOutcome::Silent,
-        }
+        };
+        self.shared
+            .up
+            .store(outcome == PingOutcome::Answered, Ordering::Relaxed);
+        outcome
+    }
+
+    /// Whether the connection is known to be up: it answered its last heartbeat `PING` and was
+    /// neither replaced nor seen failing since. A command on a connection that is up waits at
+    /// most its response timeout; on one that is not, it may first wait for a connection
+    /// attempt, so the caller bounds it itself (see `Node::timer_for`).
+    pub(crate) fn is_up(&self) -> bool {
+        self.shared.up.load(Ordering::Relaxed)
     }
 }
 

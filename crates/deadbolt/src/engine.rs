@@ -287,6 +287,11 @@ pub(crate) async fn release<'a>(
     let release_on = move |node: &'a Node| async move {
         let bound = if one { node.timer_for(limit) } else { None };
         let code = RELEASE.run::<i64>(call, &mut node.conn.get(), bound).await;
+        if let Err(err) = &code
+            && is_transient(err)
+        {
+            node.conn.saw_error(err);
+        }
         if let Ok(3) = code {
             // Redis refused the PUBLISH: this user may not use the channels (any more). Later
             // tokens say so, so waiters re-check instead of waiting for a message.
@@ -353,6 +358,9 @@ pub(crate) async fn renew(
                 .run::<Vec<i64>>(call, &mut node.conn.get(), node.timer_for(limit))
                 .await;
             if let Err(err) = &reply {
+                if is_transient(err) {
+                    node.conn.saw_error(err);
+                }
                 tracing::warn!(node = %node.addr, error = %err, locks = locks.len(), "lease renewal failed; retrying");
             }
             reply.ok()

@@ -326,10 +326,12 @@ impl Node {
     }
 
     /// The timer a command on the command connection needs for its reply to come within
-    /// `limit`: none when the connection gives up by then on its own (see [`command_config`]).
+    /// `limit`: none when the connection gives up by then on its own (see [`command_config`])
+    /// and is known to be up; while it may be connecting again, a connection attempt could come
+    /// first, and the caller's timer bounds both.
     pub(crate) fn timer_for(&self, limit: Duration) -> Option<Duration> {
         match self.bound {
-            Some(bound) if bound <= limit => None,
+            Some(bound) if bound <= limit && self.conn.is_up() => None,
             _ => Some(limit),
         }
     }
