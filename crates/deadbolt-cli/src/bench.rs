@@ -514,8 +514,8 @@ struct Bench {
     quorum: Option<Servers>,
     /// The cluster's masters, when W1c runs.
     cluster: Option<Servers>,
-    /// The workloads' links to their servers (`--link-delay`).
-    _links: Links,
+    /// The workloads' links to their servers (`--link-delay`), kept open to the end.
+    links: Links,
 }
 
 impl Bench {
@@ -527,7 +527,6 @@ impl Bench {
         cluster: Option<&ClusterUrls>,
         plan: &Plan,
     ) -> anyhow::Result<Bench> {
-        let mut links = Links::new(plan.link_delay);
         let mut bench = Bench {
             floor: None,
             w1: None,
@@ -538,12 +537,12 @@ impl Bench {
             single: None,
             quorum: None,
             cluster: None,
-            _links: Links::default(),
+            links: Links::new(plan.link_delay),
         };
         if let Some((url, private)) = single {
             let mut servers = Servers::connect(&[url.to_owned()], private).await?;
             let keys = &mut servers.keys;
-            let url = &links.route(url)?;
+            let url = &bench.links.route(url)?;
             // The floor runs over W1's own command connection: same socket settings, same
             // multiplexing, so the ratio is the library's cost and nothing else.
             let w1_client = connect_client(Client::builder(url)).await?;
@@ -575,7 +574,7 @@ impl Bench {
         if let Some(urls) = quorum {
             let mut servers = Servers::connect(urls, true).await?;
             let keys = &mut servers.keys;
-            let urls = &links.route_all(urls)?;
+            let urls = &bench.links.route_all(urls)?;
             // floor3 runs over W3's own command connections, as the floor over W1's.
             let w3_client = connect_client(Client::redlock(urls.iter().cloned())).await?;
             if plan.has(Workload::Floor3) {
@@ -602,7 +601,6 @@ impl Bench {
             bench.w1c = Some(Work::W1c(w1c));
             bench.cluster = Some(servers);
         }
-        bench._links = links;
         Ok(bench)
     }
 

@@ -126,25 +126,9 @@ impl Node {
         };
         drop(conn);
 
-        let config = manager_config(settings);
-        let conn = Conn::connect(source.clone(), command_config(settings))
+        let (conn, replicated, waiters) = connections(source, settings, &disconnected, true)
             .await
             .map_err(connect_err)?;
-        let replicated = Conn::lazy(source.clone(), config.clone()).map_err(connect_err)?;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let pubsub = Conn::connect(
-            source,
-            config.set_push_sender(tx).set_automatic_resubscription(),
-        )
-        .await
-        .map_err(connect_err)?;
-
-        let waiters = Arc::new(Waiters::new(
-            pubsub,
-            rx,
-            settings.command_timeout,
-            disconnected.clone(),
-        ));
         if !may_publish {
             tracing::warn!(
                 %addr,
@@ -243,32 +227,19 @@ impl Node {
     /// A node that did not answer at connect time: its connections are made on first use and
     /// retried as any dropped connection is, so it joins as soon as it answers. Its version is
     /// not checked and its scripts are loaded on first use.
-    pub(crate) fn connect_later(
+    pub(crate) async fn connect_later(
         url: &str,
         settings: &Settings,
         disconnected: Arc<Notify>,
     ) -> Result<Node> {
         let (client, addr) = open(url, settings)?;
         let source = Source::Fixed(Box::new(client));
-        let config = manager_config(settings);
-        let lazy_err = |source| Error::Connect {
-            addr: addr.clone(),
-            source,
-        };
-        let conn = Conn::lazy(source.clone(), command_config(settings)).map_err(lazy_err)?;
-        let replicated = Conn::lazy(source.clone(), config.clone()).map_err(lazy_err)?;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let pubsub = Conn::lazy(
-            source,
-            config.set_push_sender(tx).set_automatic_resubscription(),
-        )
-        .map_err(lazy_err)?;
-        let waiters = Arc::new(Waiters::new(
-            pubsub,
-            rx,
-            settings.command_timeout,
-            disconnected.clone(),
-        ));
+        let (conn, replicated, waiters) = connections(source, settings, &disconnected, false)
+            .await
+            .map_err(|source| Error::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
         Ok(Node::watched(
             conn,
             replicated,
@@ -369,6 +340,37 @@ fn open(url: &str, settings: &Settings) -> Result<(redis::Client, String)> {
         redis::Client::open(info).map_err(|e| Error::invalid("redis url", e.to_string()))?
     };
     Ok((client, addr))
+}
+
+/// A node's connections to `source`: for commands (see [`command_config`]), for replica-synced
+/// writes (made on first use), and for pub/sub, with the waiters on it. `now`: the command and
+/// pub/sub connections are made at once, so a server that does not answer fails here; otherwise
+/// on first use.
+async fn connections(
+    source: Source,
+    settings: &Settings,
+    disconnected: &Arc<Notify>,
+    now: bool,
+) -> redis::RedisResult<(Conn, Conn, Arc<Waiters>)> {
+    let make = async |config: ConnectionManagerConfig| {
+        if now {
+            Conn::connect(source.clone(), config).await
+        } else {
+            Conn::lazy(source.clone(), config)
+        }
+    };
+    let config = manager_config(settings);
+    let conn = make(command_config(settings)).await?;
+    let replicated = Conn::lazy(source.clone(), config.clone())?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let pubsub = make(config.set_push_sender(tx).set_automatic_resubscription()).await?;
+    let waiters = Arc::new(Waiters::new(
+        pubsub,
+        rx,
+        settings.command_timeout,
+        disconnected.clone(),
+    ));
+    Ok((conn, replicated, waiters))
 }
 
 /// How the command connection of a node is set up. Where a lock lives on one node, the

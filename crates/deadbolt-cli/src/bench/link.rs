@@ -18,7 +18,7 @@ pub(crate) const MAX_LINK_DELAY: Duration = Duration::from_millis(50);
 
 /// The links from the workloads to their servers, and the proxies that delay them (stopped
 /// when dropped).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Links {
     delay: Option<Duration>,
     proxies: Vec<FaultProxy>,

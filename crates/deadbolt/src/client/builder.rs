@@ -119,7 +119,8 @@ impl ClientBuilder {
                     .map(|url| Node::connect(url, &settings, disconnected.clone())),
             )
             .await;
-            self.some_may_be_down(tries, &settings, &disconnected)?
+            self.some_may_be_down(tries, &settings, &disconnected)
+                .await?
         };
         let nodes: Arc<[Node]> = nodes.into();
         let watchdog = Watchdog::start(nodes.clone(), self.command_timeout, disconnected);
@@ -139,7 +140,7 @@ impl ClientBuilder {
     /// that did not answer (refused, silent) joins later, when it answers, as long as enough
     /// others did: a majority for Redlock, one for sharding. Any other failure (credentials, a
     /// Redis too old) is an error, as is a single server that did not answer.
-    fn some_may_be_down(
+    async fn some_may_be_down(
         &self,
         tries: Vec<Result<Node>>,
         settings: &Settings,
@@ -161,7 +162,7 @@ impl ClientBuilder {
                         && !crate::sentinel::is_sentinel_url(url) =>
                 {
                     tracing::warn!(url = %redact_url(url), error = %err, "redis did not answer; it joins when it does");
-                    nodes.push(Node::connect_later(url, settings, disconnected.clone())?);
+                    nodes.push(Node::connect_later(url, settings, disconnected.clone()).await?);
                 }
                 Err(err) => return Err(err),
             }
