@@ -213,7 +213,7 @@ pub(super) async fn try_on(
     }
     // The holder's value (nil: the lock is now ours) and, from `wait.lua`, a peer's PTTL.
     let (previous, pttl): (Option<String>, Option<i64>) = if how.mark {
-        // nil, {holder} or {holder, pttl}.
+        // nil, or {holder, pttl}.
         let reply: Option<Vec<redis::Value>> = redis::FromRedisValue::from_redis_value(reply)?;
         match reply.as_deref() {
             None => (None, None),
@@ -239,7 +239,9 @@ pub(super) async fn try_on(
         // A retry after an ambiguous outcome: the earlier try landed (and a waiter may have
         // marked it since).
         Some(holder) if unmarked(&holder) == token => acquired,
-        Some(holder) => match holder_of(Some(&holder), pttl.unwrap_or(0)) {
+        // Without a TTL in the reply (a plain `SET … GET`): a deadbolt holder's token bounds the
+        // wait; a peer's key is asked for its TTL.
+        Some(holder) => match holder_of(Some(&holder), pttl.unwrap_or(-1)) {
             Holder::Peer { .. } if pttl.is_none() => {
                 let pttl: i64 = conn.pttl(key).await?;
                 Attempt::Held(holder_of(Some(&holder), pttl))

@@ -3,7 +3,7 @@
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -28,6 +28,9 @@ pub(crate) struct Held {
     /// of the lease (bumped by every `extend`): a renewal reply is applied only if no `extend`
     /// was sent since the renewal was, because Redis may have run them in either order.
     valid_until: Mutex<(Instant, u64)>,
+    /// Notified when `valid_until` moves earlier (an `extend` to a shorter lease), so every
+    /// wait on it follows; a later deadline needs no wake-up, as a wait re-reads it on waking.
+    shortened: std::sync::Arc<Notify>,
     /// Cancelled when the lock is lost; made on first use (most locks are released without
     /// anyone watching for a loss).
     lost: OnceLock<CancellationToken>,
@@ -69,6 +72,7 @@ impl Held {
             token: parts.token,
             place: parts.place,
             valid_until: Mutex::new((valid_until, 0)),
+            shortened: std::sync::Arc::new(Notify::new()),
             lost: OnceLock::new(),
             reason: OnceLock::new(),
             timer: OnceLock::new(),
@@ -138,25 +142,40 @@ impl Held {
     /// the new generation.
     pub(crate) fn begin_extend(&self, sent: Instant, lease: Duration) -> u64 {
         let mut valid = self.valid_until.lock().unwrap();
-        valid.0 = valid.0.min(sent + lease - drift(lease));
+        let until = sent + lease - drift(lease);
+        if until < valid.0 {
+            valid.0 = until;
+            self.shortened.notify_waiters();
+        }
         valid.1 += 1;
         valid.1
     }
 
-    /// Waits until the lock is lost, by signal or by the clock. Never later than `valid_until`.
-    pub(crate) async fn lost(&self) {
+    /// Sleeps until `valid_until`, following every change of it; returns once it has passed
+    /// (or at once if it has).
+    async fn until_invalid(&self) {
         loop {
+            // Registered before the deadline is read, so a shortening in between is not missed.
+            let shortened = self.shortened.notified();
+            let mut shortened = std::pin::pin!(shortened);
+            shortened.as_mut().enable();
             let until = self.valid_until();
-            tokio::select! {
-                _ = self.lost_signal().cancelled() => return,
-                _ = sleep_until(until) => {
-                    // A renewal may have moved the deadline while we slept.
-                    if Instant::now() >= self.valid_until() {
-                        self.mark_lost(LostReason::NotRenewed);
-                        return;
-                    }
-                }
+            if Instant::now() >= until {
+                return;
             }
+            tokio::select! {
+                _ = shortened => {}
+                _ = sleep_until(until) => {}
+            }
+        }
+    }
+
+    /// Waits until the lock is lost, by signal or by the clock. Never later than `valid_until`,
+    /// whatever changes it meanwhile.
+    pub(crate) async fn lost(&self) {
+        tokio::select! {
+            _ = self.lost_signal().cancelled() => {}
+            _ = self.until_invalid() => self.mark_lost(LostReason::NotRenewed),
         }
     }
 
@@ -169,24 +188,30 @@ impl Held {
         };
         self.timer.get_or_init(|| {
             let stop = CancellationToken::new();
-            let (held, lost, stopped) = (
+            let (held, lost, stopped, shortened) = (
                 std::sync::Arc::downgrade(self),
                 self.lost_signal().clone(),
                 stop.clone(),
+                self.shortened.clone(),
             );
             rt.spawn(async move {
-                // Holds only a weak reference, so the lock's state can go while this waits.
-                while let Some(until) = held.upgrade().map(|h| h.valid_until()) {
+                // Holds only a weak reference, so the lock's state can go while this waits: it
+                // wakes at each deadline (or its shortening) and looks again.
+                while let Some(h) = held.upgrade() {
+                    let shortened = shortened.notified();
+                    let mut shortened = std::pin::pin!(shortened);
+                    shortened.as_mut().enable();
+                    let until = h.valid_until();
+                    if Instant::now() >= until {
+                        h.mark_lost(LostReason::NotRenewed);
+                        return;
+                    }
+                    drop(h);
                     tokio::select! {
                         _ = lost.cancelled() => return,
                         _ = stopped.cancelled() => return,
+                        _ = shortened => {}
                         _ = sleep_until(until) => {}
-                    }
-                    if let Some(h) = held.upgrade()
-                        && Instant::now() >= h.valid_until()
-                    {
-                        h.mark_lost(LostReason::NotRenewed);
-                        return;
                     }
                 }
             });

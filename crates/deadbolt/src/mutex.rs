@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until, timeout_at};
 
 use crate::client::{Client, Inner};
-use crate::engine::{self, Attempt, nodes_of};
+use crate::engine::{self, Attempt, Renewal, nodes_of};
 use crate::error::{Error, Result};
 use crate::guard::LockGuard;
 use crate::held::{Held, HeldParts};
@@ -232,6 +232,7 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
     };
 
     let lease = options.lease.duration();
+    let node_count = nodes_of(&inner.nodes, place).len();
     let mut pending = Pending {
         inner: inner.clone(),
         place,
@@ -241,6 +242,11 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
     };
     // Once the lock was seen held, waiting is contention; before, only Redis's answer counts.
     let mut busy = false;
+    // On one node: the send of the earliest attempt whose outcome is unknown and which may
+    // still be the write that holds the key. A later try with the same token that finds it
+    // did not set the TTL: the key expires a lease after *that* send, so validity counts from
+    // it (see `Taken::sent`).
+    let mut unknown_since: Option<Instant> = None;
     let mut backoff = BACKOFF_MIN;
 
     if !try_only && ticket.take_hand_off() {
@@ -254,9 +260,10 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
         sleep_until((Instant::now() + HAND_OFF).min(deadline)).await;
     }
     loop {
-        if busy && ticket.line().subscriptions.is_empty() {
+        if busy && ticket.line().subscriptions.len() < node_count {
             // Subscribe, then try once more: a release between the last try and the
-            // subscription would otherwise go unseen.
+            // subscription would otherwise go unseen. On a quorum, to every node still missing
+            // (a release may reach only some of them), each round until all are.
             // On a quorum, a silent node must cost no more here than in an attempt.
             let limit = match place {
                 Placement::One(_) => inner.command_timeout,
@@ -270,8 +277,11 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
             .line()
             .subscriptions
             .iter()
-            .map(|s| s.notify())
+            .map(|(_, s)| s.notify())
             .collect();
+        // Woken by a release only when subscribed on every node of the lock; otherwise a
+        // release seen by no subscription must be found by re-checking.
+        let complete = notifies.len() == node_count;
         let mut released = pin!(any_notified(&notifies));
         released.as_mut().enable();
         // A subscribed waiter marks a deadbolt holder, so that its release publishes.
@@ -287,6 +297,22 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
                     pending.clean_up(inner.command_timeout).await;
                     return Err(err);
                 }
+                let sent = match unknown_since {
+                    Some(since) if !crate::control::validity_from_retry() => {
+                        // Renewed, owner-checked, so the lock gets its whole lease again; if that
+                        // cannot tell, validity counts from the earliest unknown send.
+                        match refresh(inner, place, &pending.key, &pending.token, lease).await {
+                            (Renewal::Ours, at) => at,
+                            (Renewal::Unknown, _) => since,
+                            // Our earlier write expired meanwhile: nothing is held; try again.
+                            (Renewal::Expired | Renewal::Taken, _) => {
+                                unknown_since = None;
+                                continue;
+                            }
+                        }
+                    }
+                    _ => sent,
+                };
                 pending.armed = false;
                 let taken = Taken {
                     name,
@@ -311,9 +337,17 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
             }
             Ok(Attempt::Held(holder)) => {
                 backoff = BACKOFF_MIN;
+                // Another owner held the key when this try ran, so any copy of our token that
+                // is written later was written after this send.
+                if unknown_since.is_some() {
+                    unknown_since = Some(sent);
+                }
                 holder
             }
             Err(err) if err.is_transient() => {
+                if matches!(place, Placement::One(_)) {
+                    unknown_since.get_or_insert(sent);
+                }
                 // The deadline passing now means Redis did not answer, not that the lock was held.
                 let now = Instant::now();
                 if try_only || now >= deadline {
@@ -344,7 +378,7 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
         if now >= deadline {
             return Err(timed_out());
         }
-        let recheck = if inner.degraded(place) || notifies.is_empty() {
+        let recheck = if inner.degraded(place) || !complete {
             Some(DEGRADED_RECHECK)
         } else {
             None
@@ -409,8 +443,23 @@ pub(crate) fn adopt(client: &Client, taken: Taken, lease: Lease, ticket: Ticket)
     LockGuard::new(client.clone(), held, id, lease)
 }
 
-/// Subscribes the line to the lock's release channel on each node of the lock, unless it is
-/// already. Without any subscription (no channel rights, or Redis did not confirm in time) the
+/// Renews lock `key` (owner-checked) after an acquisition that may have found its own token
+/// from an earlier try, whose write set the TTL: what it found, and when it was sent.
+async fn refresh(
+    inner: &Inner,
+    place: Placement,
+    key: &str,
+    token: &str,
+    lease: Duration,
+) -> (Renewal, Instant) {
+    let sent = Instant::now();
+    let lock = [(key, token, lease)];
+    let found = engine::renew(&inner.nodes, place, &lock, inner.command_timeout).await;
+    (found[0], sent)
+}
+
+/// Subscribes the line to the lock's release channel on each node of the lock where it is not
+/// yet. Where a subscription fails (no channel rights, or Redis did not confirm in time), the
 /// wait re-checks on a timer, and the next round tries again.
 async fn subscribe(
     inner: &Inner,
@@ -425,16 +474,23 @@ async fn subscribe(
     if limit <= Instant::now() {
         return;
     }
-    let nodes = nodes_of(&inner.nodes, place);
+    let first = match place {
+        Placement::One(i) => i,
+        Placement::Quorum => 0,
+    };
+    let line = ticket.line();
+    let missing: Vec<usize> = (first..first + nodes_of(&inner.nodes, place).len())
+        .filter(|i| !line.subscriptions.iter().any(|(on, _)| on == i))
+        .collect();
     let subscribed = join_all(
-        nodes
+        missing
             .iter()
-            .map(|node| timeout_at(limit, node.waiters.subscribe(channel))),
+            .map(|&i| timeout_at(limit, inner.nodes[i].waiters.subscribe(channel))),
     )
     .await;
-    for reply in subscribed {
+    for (i, reply) in missing.into_iter().zip(subscribed) {
         match reply {
-            Ok(Ok(Some(sub))) => ticket.line().subscriptions.push(sub),
+            Ok(Ok(Some(sub))) => ticket.line().subscriptions.push((i, sub)),
             Ok(Ok(None)) => {}
             Ok(Err(err)) => {
                 tracing::debug!(error = %err, "cannot subscribe; re-checking on a timer")

@@ -28,9 +28,9 @@ use crate::waiters::Subscription;
 pub(crate) struct Line {
     /// The hand-off mark left by the last holder.
     hand_off: bool,
-    /// The line's subscriptions to the lock's release channel (one per node of the lock), once
-    /// someone had to wait.
-    pub(crate) subscriptions: Vec<Subscription>,
+    /// The line's subscriptions to the lock's release channel (one per node of the lock, with
+    /// the node's index), once someone had to wait.
+    pub(crate) subscriptions: Vec<(usize, Subscription)>,
 }
 
 /// One line per name.

@@ -25,9 +25,10 @@ pub(crate) fn unmarked(value: &str) -> &str {
 /// Who holds the lock, as far as an attempt could tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Holder {
-    /// A deadbolt client, whose token carries its lease: no release message can be later than
-    /// that (the TTL bound), and its release will be published unless it is `quiet` (its user
-    /// may not publish: then it is re-checked like a peer).
+    /// A deadbolt client: `lease` is how long its key can live at most, the key's remaining TTL
+    /// where the reply had it, else the lease in its token (no release message can come later:
+    /// the TTL bound). Its release will be published unless it is `quiet` (its user may not
+    /// publish: then it is re-checked like a peer).
     Deadbolt { lease: Duration, quiet: bool },
     /// Another library, with the key's remaining TTL in ms (-1: no expiry).
     Peer { pttl: i64 },
@@ -96,7 +97,8 @@ pub(crate) fn new_token(lease: Duration, quiet: bool) -> String {
     String::from_utf8(token).unwrap_or_default()
 }
 
-/// Reads a holder's token (`None`: the key is gone; maybe marked by a waiter) and the key's TTL.
+/// Reads a holder's token (`None`: the key is gone; maybe marked by a waiter) and the key's TTL
+/// in ms (-2: gone; -1: no expiry, or not known).
 pub(crate) fn holder_of(token: Option<&str>, pttl: i64) -> Holder {
     let Some(token) = token.map(unmarked) else {
         return Holder::Gone;
@@ -114,8 +116,12 @@ pub(crate) fn holder_of(token: Option<&str>, pttl: i64) -> Holder {
         });
     match (lease, pttl) {
         (_, -2) => Holder::Gone,
-        (Some((ms, quiet)), _) => Holder::Deadbolt {
-            lease: Duration::from_millis(ms),
+        (Some((ms, quiet)), pttl) => Holder::Deadbolt {
+            // A crashed holder's key may have little of its lease left.
+            lease: Duration::from_millis(match u64::try_from(pttl) {
+                Ok(left) => ms.min(left),
+                Err(_) => ms,
+            }),
             quiet,
         },
         (None, pttl) => Holder::Peer { pttl },
@@ -134,12 +140,16 @@ mod tests {
         assert!(new_token(Duration::ZERO, false).ends_with("-0"));
         assert!(matches!(
             holder_of(Some(&token), 1000),
+            Holder::Deadbolt { lease, quiet: false } if lease == Duration::from_millis(1000)
+        ));
+        assert!(matches!(
+            holder_of(Some(&token), -1),
             Holder::Deadbolt { lease, quiet: false } if lease == Duration::from_millis(1500)
         ));
         let quiet = new_token(Duration::from_millis(20), true);
         assert!(matches!(
             holder_of(Some(&quiet), 10),
-            Holder::Deadbolt { lease, quiet: true } if lease == Duration::from_millis(20)
+            Holder::Deadbolt { lease, quiet: true } if lease == Duration::from_millis(10)
         ));
         // redis-py's token is uuid1().hex: 32 hex digits, no prefix.
         let peer = "0123456789abcdef0123456789abcdef";
@@ -153,7 +163,7 @@ mod tests {
         ));
         // Marked by a waiter: the same holder.
         assert!(matches!(
-            holder_of(Some(&format!("{token}+w")), 1000),
+            holder_of(Some(&format!("{token}+w")), 2000),
             Holder::Deadbolt { lease, quiet: false } if lease == Duration::from_millis(1500)
         ));
         assert_eq!(unmarked(&format!("{token}+w")), token);

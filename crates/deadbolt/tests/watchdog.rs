@@ -216,3 +216,44 @@ async fn lost_tokens_fire_by_valid_until_for_fixed_leases() {
         let _ = guard.release().await;
     }
 }
+
+/// `extend` to a shorter fixed lease moves every wait on validity: `lost()` and the lost token,
+/// both started before the extend, fire by the new deadline, before another client can take
+/// the lock, not at the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_follows_an_extend_that_shortens_the_lease() {
+    let (server, locks) = setup().await;
+    let mut guard = locks.lock("short").lease(ms(5000)).acquire().await.unwrap();
+    let scope = guard.scope();
+    let token = guard.lost_token();
+    let lost = tokio::spawn(async move {
+        scope.lost().await;
+        Instant::now()
+    });
+    // Both waits are asleep on the 5 s deadline now.
+    tokio::time::sleep(ms(50)).await;
+    guard.extend(ms(300)).await.unwrap();
+    let until = guard.valid_until();
+
+    let other = crate::util::client(&server).await;
+    let theirs = other.lock("short").wait(ms(3000)).acquire().await.unwrap();
+    let taken = Instant::now();
+    let lost = tokio::time::timeout(ms(1000), lost)
+        .await
+        .expect("lost() still waits for the old deadline")
+        .unwrap();
+    assert!(token.is_cancelled(), "the lost token did not fire");
+    assert!(
+        lost <= until + ms(50),
+        "lost() fired {:?} after valid_until",
+        lost - until
+    );
+    assert!(
+        lost <= taken,
+        "lost() fired {:?} after another client took it",
+        lost - taken
+    );
+    assert_eq!(guard.release().await.unwrap(), ReleaseOutcome::NotOwner);
+    theirs.release().await.unwrap();
+    assert_clean(&server);
+}

@@ -9,6 +9,7 @@ use crate::engine::{self, Attempt};
 use crate::error::Result;
 use crate::place::Placement;
 use crate::replicas::Replicas;
+use crate::token::new_token;
 
 /// An acquisition in flight. If an attempt may have taken the lock (it timed out, or its
 /// connection dropped) and the acquisition then gives up, the lock is released: awaited before
@@ -65,7 +66,20 @@ impl Pending {
                     inner.command_timeout,
                 )
                 .await;
-                self.armed = !cleaned || matches!(attempt, Ok(Attempt::Acquired { .. }));
+                if matches!(attempt, Ok(Attempt::Acquired { .. })) {
+                    return attempt;
+                }
+                // The next try gets a token of its own, so a copy of this one that a node still
+                // holds (its clean-up was not confirmed, or its write lands late) can never
+                // count as a vote for it: a vote must come from that try's own send.
+                let old = std::mem::replace(
+                    &mut self.token,
+                    new_token(lease, inner.degraded(self.place)),
+                );
+                if !cleaned {
+                    self.release_in_background(old);
+                }
+                self.armed = false;
                 attempt
             }
         }
@@ -88,24 +102,32 @@ impl Pending {
     }
 }
 
+impl Pending {
+    /// Releases what `token` may hold, in the background: one try, bounded by the command
+    /// timeout; the lease is the backstop.
+    fn release_in_background(&self, token: String) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (nodes, place, limit, key) = (
+            self.inner.nodes.clone(),
+            self.place,
+            self.inner.command_timeout,
+            self.key.clone(),
+        );
+        rt.spawn(async move {
+            let _ = engine::release(&nodes, place, &key, &key, &token, false, limit).await;
+        });
+    }
+}
+
 impl Drop for Pending {
     fn drop(&mut self) {
         if !self.armed {
             return;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (nodes, place, limit, key, token) = (
-            self.inner.nodes.clone(),
-            self.place,
-            self.inner.command_timeout,
-            std::mem::take(&mut self.key),
-            std::mem::take(&mut self.token),
-        );
-        tracing::debug!(%key, "acquisition abandoned; releasing in the background");
-        rt.spawn(async move {
-            let _ = engine::release(&nodes, place, &key, &key, &token, false, limit).await;
-        });
+        tracing::debug!(key = %self.key, "acquisition abandoned; releasing in the background");
+        let token = std::mem::take(&mut self.token);
+        self.release_in_background(token);
     }
 }

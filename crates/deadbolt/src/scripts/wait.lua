@@ -9,17 +9,17 @@
 -- mark lives as long as the holding: renewals (PEXPIRE) and this KEEPTTL keep the value, and
 -- nothing else rewrites it. What still goes unpublished: a holder that lost its channel rights
 -- after it connected (its PUBLISH is refused, release.lua's 3), and a holding that expires
--- instead of being released; a waiter then wakes at the holder's lease (the TTL bound in its
--- token), so a missed message costs latency, never exclusion.
+-- instead of being released; a waiter then wakes when the key's TTL runs out (returned here),
+-- so a missed message costs latency, never exclusion.
 --
 -- KEYS[1]: the lock key
 -- ARGV[1]: the owner token (`dbt2-<32 hex>-<lease ms>[-q]`)
 -- ARGV[2]: the lease, in milliseconds
 -- returns: nil when the lock is ours (taken now, or by an earlier try with this token whose
 --          reply was lost);
---          {holder} when the value starts with 'dbt2-' (a deadbolt holder, as stored: marked
---          or not);
---          {holder, pttl} otherwise (a peer; pttl is -1 when its key has no expiry);
+--          {holder, pttl} when another owner holds it: the value as stored (a deadbolt token,
+--          marked or not, or a peer's) and the key's remaining TTL (-1: no expiry), which
+--          bounds how long a waiter sleeps if no release message comes (a crashed holder);
 --          the error "WRONGTYPE <key>" when the key holds something else
 
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -41,4 +41,4 @@ local random = string.match(holder, '^dbt2%-(%x+)%-%d+$')
 if random and #random == 32 then
   redis.call('SET', KEYS[1], holder .. '+w', 'KEEPTTL')
 end
-return {holder}
+return {holder, redis.call('PTTL', KEYS[1])}
