@@ -208,7 +208,18 @@ async fn take_at_once(
     let sent = Instant::now();
     let mut conn = inner.nodes[node].conn.get();
     let limit = inner.command_timeout;
+    // Until the reply is read, the script may have taken every key: if this future is dropped
+    // meanwhile, they are released in the background.
+    let mut in_flight = InFlight {
+        client,
+        place,
+        keys: &keys,
+        token: &token,
+        armed: true,
+    };
     let reply = timeout(limit, ACQUIRE_ALL.run::<Vec<i64>>(&call, &mut conn, None)).await;
+    in_flight.armed = false;
+    drop(in_flight);
     match reply {
         Ok(Ok(codes)) if codes.first() == Some(&1) => {
             let guards = names
@@ -244,6 +255,39 @@ async fn take_at_once(
             .await;
             Ok(None)
         }
+    }
+}
+
+/// The one-script try of [`take_at_once`] while its outcome is unknown: dropped armed (the
+/// `acquire` future was dropped mid-flight), it releases every key in the background.
+struct InFlight<'a> {
+    client: &'a Client,
+    place: Placement,
+    keys: &'a [String],
+    token: &'a str,
+    armed: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let inner = &self.client.inner;
+        let (nodes, place, limit) = (inner.nodes.clone(), self.place, inner.command_timeout);
+        let (keys, token) = (self.keys.to_vec(), self.token.to_owned());
+        tracing::debug!(
+            locks = keys.len(),
+            "multi-lock abandoned; releasing in the background"
+        );
+        rt.spawn(async move {
+            let release =
+                |key| crate::engine::release(&nodes, place, key, key, &token, false, limit);
+            join_all(keys.iter().map(|key| release(key))).await;
+        });
     }
 }
 

@@ -62,6 +62,40 @@ async fn an_acquire_dropped_with_its_set_in_flight_leaves_no_lock() {
     crate::util::take_and_release(&locks, "a").await;
 }
 
+/// A `MultiLock::acquire` dropped while its one-script try is in flight (sent, not answered)
+/// leaves none of its keys held: the release sent on drop follows the script on its
+/// connection, and the same client can take the names again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_lock_dropped_with_its_script_in_flight_leaves_no_lock() {
+    let server = debug_server();
+    let locks = Client::connect(&server.url()).await.unwrap();
+    let stalled = stall(&server, 0.3);
+    let mut acquire = Box::pin(
+        locks
+            .multi_lock(["m1", "m2", "m3"])
+            .lease(Duration::from_secs(30))
+            .acquire(),
+    );
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(acquire.as_mut().poll(&mut cx).is_pending());
+    tokio::time::sleep(ms(50)).await;
+    drop(acquire);
+    stalled.join().unwrap();
+    assert!(
+        eventually(ms(2000), || server.keys().is_empty()).await,
+        "locks were left behind: {:?}",
+        server.keys()
+    );
+    let again = locks
+        .multi_lock(["m1", "m2", "m3"])
+        .wait(ms(500))
+        .acquire()
+        .await
+        .expect("the same client takes its names again");
+    again.release().await.unwrap();
+    assert_clean(&server);
+}
+
 /// When the deadline passes while an attempt is in flight (the holder's key expires while the
 /// server is stalled, so the attempt lands late), `acquire` returns either the lock or an
 /// error — and in the error case nothing holds its token when it returns: the clean-up is
