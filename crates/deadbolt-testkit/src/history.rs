@@ -1,5 +1,5 @@
 //! Lock histories: every client records what it believed about a lock, and
-//! a checker can look for two holders at once (Jepsen-style, in plain Rust).
+//! [`check()`] looks for two holders at once (Jepsen-style, in plain Rust).
 //!
 //! Each event is stamped with `CLOCK_MONOTONIC`, which every process on one
 //! machine shares, so histories written by tokio tasks and by separate OS
@@ -17,6 +17,10 @@ use std::time::Instant;
 
 use nix::time::{ClockId, clock_gettime};
 use serde_json::{Value, json};
+
+mod check;
+
+pub use check::{Report, Violation, ViolationKind, check, check_file};
 
 /// `CLOCK_MONOTONIC` now, in nanoseconds: the time scale of every event.
 pub fn mono_ns() -> u64 {
