@@ -60,6 +60,7 @@
 //! ```
 
 mod cluster;
+pub mod history;
 mod masters;
 mod port;
 mod proxy;

@@ -3,6 +3,8 @@
 
 /// Redis Cluster: slot routing, failover, teardown.
 mod cluster;
+/// Lock histories written by threads and a child process (no Redis).
+mod history;
 /// Independent masters for Redlock.
 mod masters;
 /// The fault proxy: each fault, checked by what a client sees.
