@@ -56,6 +56,8 @@ pub struct Client {
 pub(crate) struct Inner {
     /// The servers, in the order given.
     pub(crate) nodes: Arc<[Node]>,
+    /// Each node's identity, which sharded placement hashes (see `identity.rs`).
+    ids: Vec<String>,
     mode: Mode,
     pub(crate) watchdog: Watchdog,
     pub(crate) queue: LocalQueue,
@@ -328,7 +330,7 @@ async fn inspect_node(node: &Node, keys: &LockKeys, limit: Duration) -> Result<L
 impl Inner {
     /// Where lock `name` lives.
     pub(crate) fn place(&self, name: &str) -> Placement {
-        Placement::of(self.mode, name, &self.nodes)
+        Placement::of(self.mode, name, &self.ids)
     }
 
     /// Whether waiters of a lock on `place` must re-check on a timer because a node's user may

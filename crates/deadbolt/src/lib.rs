@@ -110,6 +110,7 @@ mod error;
 pub mod fence;
 mod guard;
 mod held;
+mod identity;
 pub mod key;
 mod multi;
 mod mutex;

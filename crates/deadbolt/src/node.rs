@@ -47,6 +47,9 @@ pub(crate) struct Node {
     pub(crate) addr: String,
     /// Whether this is a Redis Cluster (sharded pub/sub, slot-bound scripts).
     pub(crate) cluster: bool,
+    /// The server's `run_id` when it answered at connect time: two nodes with the same one are
+    /// one server listed twice (see `identity.rs`).
+    pub(crate) run_id: Option<String>,
     /// The response timeout of the command connection, if it has one.
     bound: Option<Duration>,
     /// Ends the heartbeat and Sentinel tasks when the node is dropped.
@@ -109,7 +112,7 @@ impl Node {
         .await
         .map_err(|_| connect_err(crate::error::no_reply_error()))?
         .map_err(connect_err)?;
-        check_server(&mut conn, &addr).await.map_err(|e| match e {
+        let run_id = check_server(&mut conn, &addr).await.map_err(|e| match e {
             Error::Redis(source) => connect_err(source),
             other => other,
         })?;
@@ -140,7 +143,7 @@ impl Node {
             waiters.degrade();
         }
         tracing::debug!(%addr, "connected");
-        Ok(Node::watched(
+        let mut node = Node::watched(
             conn,
             replicated,
             waiters,
@@ -148,7 +151,9 @@ impl Node {
             settings,
             disconnected,
             sentinel,
-        ))
+        );
+        node.run_id = run_id;
+        Ok(node)
     }
 
     /// Connects to the Redis Cluster that `seeds` belong to. The cluster client finds every
@@ -218,6 +223,7 @@ impl Node {
             waiters,
             addr,
             cluster: true,
+            run_id: None,
             // Each try of a command, not the command with its redirections: bounded by deadbolt.
             bound: None,
             _heartbeat: None,
@@ -291,6 +297,7 @@ impl Node {
             waiters,
             addr,
             cluster: false,
+            run_id: None,
             bound: settings.bounded.then_some(settings.command_timeout),
             _heartbeat: Some(stop.drop_guard()),
         }
@@ -407,11 +414,19 @@ fn manager_config(settings: &Settings) -> ConnectionManagerConfig {
 
 /// Checks that the server is a Redis 7 or later (`SET … NX … GET` needs it), and loads every
 /// script, so the first call of each pays no `NOSCRIPT` round trip: one round trip for both.
-async fn check_server(conn: &mut redis::aio::MultiplexedConnection, addr: &str) -> Result<()> {
+/// Returns the server's `run_id`.
+async fn check_server(
+    conn: &mut redis::aio::MultiplexedConnection,
+    addr: &str,
+) -> Result<Option<String>> {
     let mut pipe = crate::scripts::load_all();
     pipe.cmd("INFO").arg("server");
     let (info,): (String,) = pipe.query_async(conn).await?;
-    check_version(&info, addr)
+    check_version(&info, addr)?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(|id| id.trim().to_owned()))
 }
 
 /// Checks the `redis_version` of an `INFO server` reply.

@@ -12,8 +12,6 @@
 //! Everything else (waiting, renewal, the lost signal, release) is the same engine whatever the
 //! placement: it asks one node, or asks all and counts votes.
 
-use crate::node::Node;
-
 /// How a client spreads its locks over its nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -37,13 +35,12 @@ pub(crate) enum Placement {
 }
 
 impl Placement {
-    /// Where lock `name` lives among `nodes` in `mode` (sharded: by their addresses).
-    pub(crate) fn of(mode: Mode, name: &str, nodes: &[Node]) -> Placement {
+    /// Where lock `name` lives among the nodes with identities `ids` in `mode` (sharded: by
+    /// those identities, see `identity.rs`).
+    pub(crate) fn of(mode: Mode, name: &str, ids: &[String]) -> Placement {
         match mode {
             Mode::Single | Mode::Cluster => Placement::One(0),
-            Mode::Sharded => {
-                Placement::One(rendezvous(name, nodes.iter().map(|n| n.addr.as_str())))
-            }
+            Mode::Sharded => Placement::One(rendezvous(name, ids.iter().map(String::as_str))),
             Mode::Redlock => Placement::Quorum,
         }
     }

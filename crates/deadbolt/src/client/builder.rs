@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 
 use super::{Client, Inner, MAX_FENCE_TTL, MAX_NODES, redact_url};
 use crate::error::{Error, Result};
+use crate::identity;
 use crate::key::{self, DEFAULT_PREFIX};
 use crate::node::{Node, Settings, parse_url};
 use crate::place::Mode;
@@ -100,7 +101,7 @@ impl ClientBuilder {
                 format!("{:?} is outside 1s to {MAX_FENCE_TTL:?}", self.fence_ttl),
             ));
         }
-        self.check_nodes()?;
+        let ids = self.check_nodes()?;
         let settings = Settings {
             prefix: self.prefix.clone(),
             command_timeout: self.command_timeout,
@@ -116,16 +117,20 @@ impl ClientBuilder {
             let tries = join_all(
                 self.urls
                     .iter()
-                    .map(|url| Node::connect(url, &settings, disconnected.clone())),
+                    .map(|url| Node::connect(connect_url(url), &settings, disconnected.clone())),
             )
             .await;
-            self.some_may_be_down(tries, &settings, &disconnected)
-                .await?
+            let nodes = self
+                .some_may_be_down(tries, &settings, &disconnected)
+                .await?;
+            self.check_identities(&nodes, &ids).await?;
+            nodes
         };
         let nodes: Arc<[Node]> = nodes.into();
         let watchdog = Watchdog::start(nodes.clone(), self.command_timeout, disconnected);
         let inner = Arc::new(Inner {
             nodes,
+            ids,
             mode: self.mode,
             watchdog,
             queue: LocalQueue::default(),
@@ -162,6 +167,7 @@ impl ClientBuilder {
                         && !crate::sentinel::is_sentinel_url(url) =>
                 {
                     tracing::warn!(url = %redact_url(url), error = %err, "redis did not answer; it joins when it does");
+                    let url = connect_url(url);
                     nodes.push(Node::connect_later(url, settings, disconnected.clone()).await?);
                 }
                 Err(err) => return Err(err),
@@ -172,7 +178,9 @@ impl ClientBuilder {
 
     /// Checks the node list of the mode: one URL for a single server, at least one for the
     /// others, each URL well-formed and no server twice (it would count twice in a quorum).
-    fn check_nodes(&self) -> Result<()> {
+    /// Checks the list of servers before anything is sent, and returns each one's identity
+    /// (see `identity.rs`); a server listed twice, under any spelling, is refused.
+    fn check_nodes(&self) -> Result<Vec<String>> {
         if self.mode == Mode::Single && self.urls.len() != 1 {
             return Err(Error::invalid("redis url", "exactly one is needed"));
         }
@@ -185,9 +193,9 @@ impl ClientBuilder {
                 format!("{} given, the most is {MAX_NODES}", self.urls.len()),
             ));
         }
-        let mut seen = std::collections::HashSet::new();
+        let mut ids: Vec<String> = Vec::with_capacity(self.urls.len());
         for url in &self.urls {
-            let addr = if crate::sentinel::is_sentinel_url(url) {
+            if crate::sentinel::is_sentinel_url(url) {
                 if self.mode != Mode::Single {
                     return Err(Error::invalid(
                         "redis urls",
@@ -195,17 +203,96 @@ impl ClientBuilder {
                     ));
                 }
                 crate::sentinel::parse(url)?;
+                ids.push(redact_url(url));
                 continue;
-            } else {
-                parse_url(url)?.addr().to_string()
-            };
-            if !seen.insert(addr.clone()) {
+            }
+            let (plain, name) = identity::split_name(url)?;
+            if name.is_some() && self.mode != Mode::Sharded {
                 return Err(Error::invalid(
                     "redis urls",
-                    format!("{addr} is given twice; each node must be a different server"),
+                    "a server name (`#NAME`) places sharded locks; only Client::sharded takes one",
+                ));
+            }
+            let addr = parse_url(plain)?.addr().to_string();
+            let id = identity::identity(&addr, name);
+            // Two spellings of one address are one server, whatever the names.
+            let same = identity::identity(&addr, None);
+            if let Some(i) = ids.iter().position(|other| *other == id)
+                .or_else(|| self.urls.iter().position(|u| u != url && same_address(u, &same)))
+                .filter(|&i| i < ids.len())
+            {
+                return Err(Error::invalid(
+                    "redis urls",
+                    format!(
+                        "`{}` and `{}` are the same server ({same}); each node must be a different server",
+                        redact_url(&self.urls[i]),
+                        redact_url(url)
+                    ),
+                ));
+            }
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    /// Refuses servers that answered under two URLs (the same `run_id`), and, for sharded locks,
+    /// a server that another client calls by another identity (see `identity.rs`).
+    async fn check_identities(&self, nodes: &[Node], ids: &[String]) -> Result<()> {
+        for (i, node) in nodes.iter().enumerate() {
+            let Some(run_id) = &node.run_id else { continue };
+            if let Some(j) = nodes[..i].iter().position(|n| n.run_id.as_ref() == Some(run_id)) {
+                return Err(Error::invalid(
+                    "redis urls",
+                    format!(
+                        "`{}` and `{}` reach the same server (run_id {run_id}); each node must be a different server",
+                        redact_url(&self.urls[j]),
+                        redact_url(&self.urls[i])
+                    ),
+                ));
+            }
+        }
+        if self.mode != Mode::Sharded {
+            return Ok(());
+        }
+        let key = identity::shard_key(&self.prefix);
+        for (node, id) in nodes.iter().zip(ids) {
+            if node.run_id.is_none() {
+                // Down at connect: checked by the clients that find it up.
+                continue;
+            }
+            let stored: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(id)
+                .arg("NX")
+                .arg("GET")
+                .query_async(&mut node.conn.get())
+                .await
+                .map_err(|e| node.unavailable(Error::from_redis(e, &key)))?;
+            if let Some(stored) = stored.filter(|s| s != id) {
+                return Err(Error::invalid(
+                    "redis urls",
+                    format!(
+                        "{} is shard `{stored}` to another client (its `{key}` key) and `{id}` to this one: \
+                         sharded clients must name each server alike, or they place one lock on two servers; \
+                         give each server the same `#NAME` everywhere, or delete `{key}` once every client agrees",
+                        node.addr
+                    ),
                 ));
             }
         }
         Ok(())
     }
+}
+
+/// A URL as it is connected to: without the server name (`#NAME`).
+fn connect_url(url: &str) -> &str {
+    url.split_once('#').map_or(url, |(url, _)| url)
+}
+
+/// Whether `url` is at address identity `addr` (any name aside).
+fn same_address(url: &str, addr: &str) -> bool {
+    identity::split_name(url)
+        .ok()
+        .and_then(|(plain, _)| parse_url(plain).ok())
+        .is_some_and(|info| identity::identity(&info.addr().to_string(), None) == addr)
 }
