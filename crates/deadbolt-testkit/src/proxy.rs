@@ -51,9 +51,10 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// | [`hold_replies`](Self::hold_replies) | requests pass; every reply chunk leaves `d` late |
 /// | [`drop_replies`](Self::drop_replies) | requests pass (commands run); replies are swallowed |
 /// | [`reset_after_request`](Self::reset_after_request) | a request reaches the server, then an RST, no reply |
+/// | [`spike`](Self::spike) | the next `count` chunks each way leave `d` late |
 /// | [`reset`](Self::reset) | every open connection gets an RST, now |
 /// | [`refuse`](Self::refuse) / [`accept`](Self::accept) | new connects are refused / accepted |
-/// | [`heal`](Self::heal) | back to pass-through, accepting |
+/// | [`heal`](Self::heal) | back to pass-through, accepting, no spike |
 ///
 /// `delay`, `blackhole`, `hold_replies`, `drop_replies` and `reset_after_request` are modes:
 /// each replaces the one before. Ending a mode that swallowed bytes resets the connections
@@ -128,6 +129,7 @@ struct State {
     placeholder: Option<Socket>,
     /// Every connection opened so far; the dead ones are pruned on each accept.
     conns: Vec<Weak<Conn>>,
+    spike: Spike,
     /// Set by `Drop`: the acceptor exits, and connections accepted meanwhile are reset.
     shut_down: bool,
 }
@@ -151,6 +153,14 @@ impl Mode {
     fn swallows_any(self) -> bool {
         matches!(self, Mode::Blackhole | Mode::DropReplies)
     }
+}
+
+/// Extra delay for the next chunks, counted across all connections.
+#[derive(Debug, Default)]
+struct Spike {
+    delay: Duration,
+    /// Chunks left to delay, indexed by [`conn::Dir`].
+    left: [usize; 2],
 }
 
 impl FaultProxy {
@@ -184,6 +194,7 @@ impl FaultProxy {
                 listener: Some(Arc::new(listener)),
                 placeholder: None,
                 conns: Vec::new(),
+                spike: Spike::default(),
                 shut_down: false,
             }),
             changed: Condvar::new(),
@@ -276,14 +287,27 @@ impl FaultProxy {
         self.set_mode(Mode::ResetAfterRequest);
     }
 
-    /// Back to pass-through and accepting new connections, ending every fault. Connections
-    /// that lost bytes to a [`blackhole`](Self::blackhole) or
-    /// [`drop_replies`](Self::drop_replies) are reset; the others carry on.
+    /// Delays the next `count` chunks read in each direction by `d`, counted across all
+    /// connections, on top of any mode's delay; chunks keep their order, so those behind a
+    /// spiked one wait for it. A new spike replaces one not yet used up; [`heal`](Self::heal)
+    /// ends it, the modes leave it alone.
+    pub fn spike(&self, d: Duration, count: usize) {
+        self.shared.lock().spike = Spike {
+            delay: d,
+            left: [count; 2],
+        };
+    }
+
+    /// Back to pass-through and accepting new connections, ending every fault, a
+    /// [`spike`](Self::spike) included. Connections that lost bytes to a
+    /// [`blackhole`](Self::blackhole) or [`drop_replies`](Self::drop_replies) are reset; the
+    /// others carry on.
     ///
     /// # Panics
     ///
     /// When the port cannot be listened on again; see [`accept`](Self::accept).
     pub fn heal(&self) {
+        self.shared.lock().spike = Spike::default();
         self.set_mode(Mode::PassThrough);
         self.accept();
     }
@@ -389,6 +413,7 @@ impl fmt::Debug for FaultProxy {
             .field("addr", &self.addr)
             .field("upstream", &self.shared.upstream)
             .field("mode", &st.mode)
+            .field("spike", &st.spike)
             .field("accepting", &st.listener.is_some())
             .field("accepted", &self.accepted())
             .field("open", &self.open_connections())

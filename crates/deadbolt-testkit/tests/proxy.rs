@@ -432,3 +432,37 @@ fn reset_after_request_runs_the_command_then_resets() {
     assert_eq!(&reply, b":3\r\n");
     assert!(eventually(|| proxy.open_connections() == 2));
 }
+
+#[test]
+fn spike_delays_the_next_chunks_only() {
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(&server).unwrap();
+    let mut conn = raw(&proxy);
+    ping(&mut conn).unwrap();
+
+    let d = ms(200);
+    proxy.spike(d, 1);
+    let started = Instant::now();
+    ping(&mut conn).unwrap();
+    let rtt = started.elapsed();
+    // One request chunk and one reply chunk, each d late.
+    assert!(rtt >= 2 * d, "round trip {rtt:?} with spike {d:?}");
+    assert!(
+        rtt < 2 * d + ms(1000),
+        "round trip {rtt:?} with spike {d:?}"
+    );
+    let started = Instant::now();
+    ping(&mut conn).unwrap();
+    assert!(
+        started.elapsed() < d,
+        "spike used up: {:?}",
+        started.elapsed()
+    );
+
+    // heal() ends a spike not yet used up.
+    proxy.spike(d, 5);
+    proxy.heal();
+    let started = Instant::now();
+    ping(&mut conn).unwrap();
+    assert!(started.elapsed() < d, "healed: {:?}", started.elapsed());
+}

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use socket2::SockRef;
 
-use super::{Mode, Shared};
+use super::{Mode, Shared, State};
 
 /// How long connecting to the upstream may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -89,7 +89,7 @@ pub(super) struct Conn {
     aborted: AtomicBool,
 }
 
-/// A direction, also the index of its [`Line`].
+/// A direction, also the index of its [`Line`] and of its count in [`super::Spike`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Dir {
     /// Requests: client to server.
@@ -118,6 +118,19 @@ impl Mode {
     /// Whether sending a chunk in `dir` resets the connection after it.
     fn resets_after(self, dir: Dir) -> bool {
         self == Mode::ResetAfterRequest && dir == Dir::ToUpstream
+    }
+}
+
+impl State {
+    /// The delay of a chunk read now in `dir`: the mode's, plus a spike's while it lasts.
+    fn chunk_delay(&mut self, dir: Dir) -> Duration {
+        let mut delay = self.mode.delay(dir);
+        let left = &mut self.spike.left[dir as usize];
+        if *left > 0 {
+            *left -= 1;
+            delay += self.spike.delay;
+        }
+        delay
     }
 }
 
@@ -172,7 +185,7 @@ fn read_loop(conn: &Conn, dir: Dir) {
                 false
             }
             Ok(n) => {
-                let due = Instant::now() + conn.shared.lock().mode.delay(dir);
+                let due = Instant::now() + conn.shared.lock().chunk_delay(dir);
                 line.push(due, Some(buf[..n].to_vec()))
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => true,
