@@ -71,7 +71,7 @@ mod wait;
 
 pub use cluster::RedisCluster;
 pub use masters::RedisMasters;
-pub use proxy::FaultProxy;
+pub use proxy::{Fault, FaultProxy, FaultSchedule, FaultStep};
 pub use sentinel::RedisSentinels;
 pub use server::{RedisServer, RedisServerBuilder};
 

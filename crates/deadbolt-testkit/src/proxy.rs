@@ -7,7 +7,7 @@
 //! came, which the faults on replies alone produce. This machine's kernel has no `netem`,
 //! toxiproxy is not packaged, and `iptables` needs root and a network namespace; a proxy
 //! inside the test process needs none of that, and each test switches its own faults at any
-//! moment.
+//! moment. [`FaultSchedule`] plays seeded sequences of faults.
 //!
 //! # How it works
 //!
@@ -30,8 +30,10 @@ use socket2::{Domain, SockRef, Socket, Type};
 use crate::RedisServer;
 
 mod conn;
+mod schedule;
 
 use conn::{Conn, open};
+pub use schedule::{Fault, FaultSchedule, FaultStep};
 
 /// How long `reset`, `heal` and `Drop` wait for closed connections to let go of their sockets.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -54,6 +56,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// | [`spike`](Self::spike) | the next `count` chunks each way leave `d` late |
 /// | [`reset`](Self::reset) | every open connection gets an RST, now |
 /// | [`refuse`](Self::refuse) / [`accept`](Self::accept) | new connects are refused / accepted |
+/// | [`apply`](Self::apply) | one [`Fault`], as a [`FaultSchedule`] step does |
 /// | [`heal`](Self::heal) | back to pass-through, accepting, no spike |
 ///
 /// `delay`, `blackhole`, `hold_replies`, `drop_replies` and `reset_after_request` are modes:
@@ -296,6 +299,20 @@ impl FaultProxy {
             delay: d,
             left: [count; 2],
         };
+    }
+
+    /// Applies one [`Fault`]: [`Fault::Delay`] is [`delay`](Self::delay),
+    /// [`Fault::Reset`] is [`reset`](Self::reset), and so on. It stays until
+    /// [`heal`](Self::heal) or the next mode.
+    pub fn apply(&self, fault: &Fault) {
+        match *fault {
+            Fault::Delay(d) => self.delay(d),
+            Fault::HoldReplies(d) => self.hold_replies(d),
+            Fault::DropReplies => self.drop_replies(),
+            Fault::ResetAfterRequest => self.reset_after_request(),
+            Fault::Reset => self.reset(),
+            Fault::Blackhole => self.blackhole(),
+        }
     }
 
     /// Back to pass-through and accepting new connections, ending every fault, a

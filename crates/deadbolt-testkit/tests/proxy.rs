@@ -5,9 +5,10 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use deadbolt_testkit::{FaultProxy, RedisServer};
+use deadbolt_testkit::{Fault, FaultProxy, FaultSchedule, RedisServer};
 
 /// Read timeout of the raw connections: how long a test waits for an answer that must come.
 const ANSWER: Duration = Duration::from_secs(2);
@@ -465,4 +466,77 @@ fn spike_delays_the_next_chunks_only() {
     let started = Instant::now();
     ping(&mut conn).unwrap();
     assert!(started.elapsed() < d, "healed: {:?}", started.elapsed());
+}
+
+#[test]
+fn apply_puts_the_proxy_in_a_fault() {
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(&server).unwrap();
+    let mut conn = raw(&proxy);
+    ping(&mut conn).unwrap();
+    proxy.apply(&Fault::Blackhole);
+    conn.write_all(b"PING\r\n").unwrap();
+    assert_silent(&mut conn, ms(200));
+    proxy.apply(&Fault::Reset);
+    assert_cut(&mut conn);
+    assert_eq!(proxy.open_connections(), 0);
+}
+
+#[test]
+fn schedules_replay_from_their_seed() {
+    let ms = Duration::from_millis;
+    let a = FaultSchedule::new(42, ms(10_000), ms(200), ms(300));
+    let b = FaultSchedule::new(42, ms(10_000), ms(200), ms(300));
+    assert_eq!(a, b);
+    assert_eq!(a.to_string(), b.to_string());
+    assert_eq!(a.seed(), 42);
+    assert!(a.to_string().contains("seed 42"), "{a}");
+    assert!(!a.steps().is_empty());
+    let c = FaultSchedule::new(43, ms(10_000), ms(200), ms(300));
+    assert_ne!(a.steps(), c.steps(), "{a}\n{c}");
+}
+
+#[test]
+fn a_schedule_runs_within_its_total_and_leaves_proxies_healed() {
+    let server = RedisServer::start().unwrap();
+    let proxies = [
+        FaultProxy::start(&server).unwrap(),
+        FaultProxy::start(&server).unwrap(),
+    ];
+    let both: Vec<&FaultProxy> = proxies.iter().collect();
+    let total = ms(1000);
+    let schedule = FaultSchedule::new(7, total, ms(60), ms(120));
+    assert!(schedule.steps().len() > 3, "{schedule}");
+    let picked = |i| schedule.steps().iter().any(|s| s.proxy(2) == i);
+    assert!(picked(0) && picked(1), "{schedule}");
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    schedule.run(&both, &stop);
+    let took = started.elapsed();
+    let last = schedule.steps().last().unwrap();
+    assert!(took >= last.at + last.lasts, "{took:?}\n{schedule}");
+    assert!(took < total + ms(500), "{took:?}\n{schedule}");
+    for proxy in &proxies {
+        ping(&mut raw(proxy)).unwrap();
+    }
+}
+
+#[test]
+fn a_stopped_schedule_returns_at_once_and_heals() {
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(&server).unwrap();
+    // Long faults, so that the stop comes in the middle of one.
+    let schedule = FaultSchedule::new(1, ms(60_000), ms(10), ms(30_000));
+    let stop = AtomicBool::new(false);
+    let took = std::thread::scope(|s| {
+        let runner = s.spawn(|| schedule.run(&[&proxy], &stop));
+        std::thread::sleep(ms(300));
+        let stopped = Instant::now();
+        stop.store(true, Ordering::SeqCst);
+        runner.thread().unpark();
+        runner.join().unwrap();
+        stopped.elapsed()
+    });
+    assert!(took < ms(500), "{took:?}\n{schedule}");
+    ping(&mut raw(&proxy)).unwrap();
 }
