@@ -29,7 +29,11 @@
 //! A server can be killed, paused and restarted in place
 //! ([`RedisServer::kill`], [`pause`](RedisServer::pause),
 //! [`restart`](RedisServer::restart)); the network between a client and it
-//! is faulted by a [`FaultProxy`] (latency, blackhole, reset, refusal).
+//! is faulted by a [`FaultProxy`] (latency, blackhole, reset, refusal, and
+//! faults on replies alone: held, dropped, or a reset right after the request,
+//! so that a command runs on the server while its client never hears of it).
+//! A [`FaultSchedule`] plays a seeded sequence of such faults on one or more
+//! proxies, and prints its seed so that a failing run replays.
 //! [`RedisServerBuilder::tls`] starts a TLS server with its own throwaway CA,
 //! and [`RedisServer::acl_user`] adds users with restricted rights.
 //!
@@ -72,7 +76,7 @@ mod wait;
 
 pub use cluster::RedisCluster;
 pub use masters::RedisMasters;
-pub use proxy::FaultProxy;
+pub use proxy::{Fault, FaultProxy, FaultSchedule, FaultStep};
 pub use sentinel::RedisSentinels;
 pub use server::{RedisServer, RedisServerBuilder};
 

@@ -3,9 +3,11 @@
 //!
 //! A lock client must survive latency, a connection that silently stops carrying bytes (a
 //! NAT or load balancer that forgot the flow, a failover without RST), a reset, and a refused
-//! connect. This machine's kernel has no `netem`, toxiproxy is not packaged, and `iptables`
-//! needs root and a network namespace; a proxy inside the test process needs none of that,
-//! and each test switches its own faults at any moment.
+//! connect; and, hardest, a command that ran on the server while its reply came late or never
+//! came, which the faults on replies alone produce. This machine's kernel has no `netem`,
+//! toxiproxy is not packaged, and `iptables` needs root and a network namespace; a proxy
+//! inside the test process needs none of that, and each test switches its own faults at any
+//! moment. [`FaultSchedule`] plays seeded sequences of faults.
 //!
 //! # How it works
 //!
@@ -28,15 +30,18 @@ use socket2::{Domain, SockRef, Socket, Type};
 use crate::RedisServer;
 
 mod conn;
+mod schedule;
 
 use conn::{Conn, open};
+pub use schedule::{Fault, FaultSchedule, FaultStep};
 
 /// How long `reset`, `heal` and `Drop` wait for closed connections to let go of their sockets.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// A TCP proxy on a free 127.0.0.1 port that forwards to one upstream address and injects
-/// network faults on command: latency, a silent blackhole, resets, refused connects. It stands
-/// in for `netem` and toxiproxy, which this machine lacks, and needs no root.
+/// network faults on command: latency, a silent blackhole, resets, refused connects, and
+/// faults on the replies alone. It stands in for `netem` and toxiproxy, which this machine
+/// lacks, and needs no root.
 ///
 /// Every control method takes `&self` and is quick, so a test may call it from any thread or
 /// task while traffic flows. Faults apply to existing and new connections alike:
@@ -45,9 +50,18 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// |---|---|
 /// | [`delay`](Self::delay) | every chunk leaves `d` after it arrived, both ways, in order |
 /// | [`blackhole`](Self::blackhole) | bytes are swallowed both ways; connections stay open |
+/// | [`hold_replies`](Self::hold_replies) | requests pass; every reply chunk leaves `d` late |
+/// | [`drop_replies`](Self::drop_replies) | requests pass (commands run); replies are swallowed |
+/// | [`reset_after_request`](Self::reset_after_request) | a request reaches the server, then an RST, no reply |
+/// | [`spike`](Self::spike) | the next `count` chunks each way leave `d` late |
 /// | [`reset`](Self::reset) | every open connection gets an RST, now |
 /// | [`refuse`](Self::refuse) / [`accept`](Self::accept) | new connects are refused / accepted |
-/// | [`heal`](Self::heal) | back to pass-through, accepting |
+/// | [`apply`](Self::apply) | one [`Fault`], as a [`FaultSchedule`] step does |
+/// | [`heal`](Self::heal) | back to pass-through, accepting, no spike |
+///
+/// `delay`, `blackhole`, `hold_replies`, `drop_replies` and `reset_after_request` are modes:
+/// each replaces the one before. Ending a mode that swallowed bytes resets the connections
+/// that lost some.
 ///
 /// # Example
 ///
@@ -118,16 +132,38 @@ struct State {
     placeholder: Option<Socket>,
     /// Every connection opened so far; the dead ones are pruned on each accept.
     conns: Vec<Weak<Conn>>,
+    spike: Spike,
     /// Set by `Drop`: the acceptor exits, and connections accepted meanwhile are reset.
     shut_down: bool,
 }
 
-/// How bytes are forwarded.
+/// How bytes are forwarded; what each mode does to each direction is in [`conn`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     PassThrough,
     Delay(Duration),
     Blackhole,
+    /// Replies wait this long; requests pass.
+    HoldReplies(Duration),
+    /// Replies are swallowed; requests pass.
+    DropReplies,
+    /// A request is written to the server, then its connection is reset.
+    ResetAfterRequest,
+}
+
+impl Mode {
+    /// Whether the mode swallows bytes in some direction.
+    fn swallows_any(self) -> bool {
+        matches!(self, Mode::Blackhole | Mode::DropReplies)
+    }
+}
+
+/// Extra delay for the next chunks, counted across all connections.
+#[derive(Debug, Default)]
+struct Spike {
+    delay: Duration,
+    /// Chunks left to delay, indexed by [`conn::Dir`].
+    left: [usize; 2],
 }
 
 impl FaultProxy {
@@ -161,6 +197,7 @@ impl FaultProxy {
                 listener: Some(Arc::new(listener)),
                 placeholder: None,
                 conns: Vec::new(),
+                spike: Spike::default(),
                 shut_down: false,
             }),
             changed: Condvar::new(),
@@ -218,13 +255,76 @@ impl FaultProxy {
         self.set_mode(Mode::Blackhole);
     }
 
-    /// Back to pass-through and accepting new connections, ending every fault. Connections
-    /// that lost bytes to a [`blackhole`](Self::blackhole) are reset; the others carry on.
+    /// Passes requests (client to server) at once and forwards every reply chunk (server to
+    /// client) `d` after it arrived, in order: the server runs each command at once, and the
+    /// client learns of it `d` late. `Duration::ZERO` is pass-through. Replies already held
+    /// keep their time.
+    pub fn hold_replies(&self, d: Duration) {
+        self.set_mode(if d.is_zero() {
+            Mode::PassThrough
+        } else {
+            Mode::HoldReplies(d)
+        });
+    }
+
+    /// Passes requests, so the server runs them, and swallows every reply byte, on existing
+    /// and new connections, sending no FIN and no RST: the client's commands take effect and
+    /// it never learns so.
+    ///
+    /// As with a [`blackhole`](Self::blackhole), when this mode ends (by [`heal`](Self::heal)
+    /// or another mode) connections that lost reply bytes are reset.
+    pub fn drop_replies(&self) {
+        self.set_mode(Mode::DropReplies);
+    }
+
+    /// From now until [`heal`](Self::heal) or another mode, the next request chunk on each
+    /// connection, existing or new, is written to the server, and then the connection is
+    /// reset (an RST to both sides) before any reply is forwarded: the command ran, the client
+    /// sees "connection reset by peer" instead of its reply.
+    ///
+    /// The reset waits for the server's first bytes after the request, so the command has run
+    /// before the client sees the reset; when none come within 1 s (a blocking command, or a
+    /// request cut in the middle) it happens anyway. Connections that send nothing are left
+    /// alone.
+    pub fn reset_after_request(&self) {
+        self.set_mode(Mode::ResetAfterRequest);
+    }
+
+    /// Delays the next `count` chunks read in each direction by `d`, counted across all
+    /// connections, on top of any mode's delay; chunks keep their order, so those behind a
+    /// spiked one wait for it. A new spike replaces one not yet used up; [`heal`](Self::heal)
+    /// ends it, the modes leave it alone.
+    pub fn spike(&self, d: Duration, count: usize) {
+        self.shared.lock().spike = Spike {
+            delay: d,
+            left: [count; 2],
+        };
+    }
+
+    /// Applies one [`Fault`]: [`Fault::Delay`] is [`delay`](Self::delay),
+    /// [`Fault::Reset`] is [`reset`](Self::reset), and so on. It stays until
+    /// [`heal`](Self::heal) or the next mode.
+    pub fn apply(&self, fault: &Fault) {
+        match *fault {
+            Fault::Delay(d) => self.delay(d),
+            Fault::HoldReplies(d) => self.hold_replies(d),
+            Fault::DropReplies => self.drop_replies(),
+            Fault::ResetAfterRequest => self.reset_after_request(),
+            Fault::Reset => self.reset(),
+            Fault::Blackhole => self.blackhole(),
+        }
+    }
+
+    /// Back to pass-through and accepting new connections, ending every fault, a
+    /// [`spike`](Self::spike) included. Connections that lost bytes to a
+    /// [`blackhole`](Self::blackhole) or [`drop_replies`](Self::drop_replies) are reset; the
+    /// others carry on.
     ///
     /// # Panics
     ///
     /// When the port cannot be listened on again; see [`accept`](Self::accept).
     pub fn heal(&self) {
+        self.shared.lock().spike = Spike::default();
         self.set_mode(Mode::PassThrough);
         self.accept();
     }
@@ -279,15 +379,25 @@ impl FaultProxy {
         self.shared.open.load(Ordering::SeqCst)
     }
 
-    /// Switches the mode; leaving a blackhole resets the connections it made lose bytes.
+    /// Switches the mode; leaving a mode that swallows bytes (for another, or for none)
+    /// resets the connections it made lose some.
     fn set_mode(&self, mode: Mode) {
-        let mut st = self.shared.lock();
-        st.mode = mode;
-        if mode != Mode::Blackhole {
-            // Writers mark a connection under this same lock, so none is marked after this.
-            drop(st);
-            self.abort(|c| c.lost_bytes.load(Ordering::SeqCst));
-        }
+        let lost: Vec<Arc<Conn>> = {
+            let mut st = self.shared.lock();
+            let ended = st.mode != mode || !mode.swallows_any();
+            st.mode = mode;
+            if !ended {
+                return;
+            }
+            // Writers mark a connection under this same lock: those marked so far are exactly
+            // the ones that lost bytes to the mode that just ended.
+            st.conns
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter(|c| c.lost_bytes.load(Ordering::SeqCst))
+                .collect()
+        };
+        self.abort_all(lost);
     }
 
     /// Resets the live connections that `select` picks and waits until they are closed.
@@ -296,15 +406,19 @@ impl FaultProxy {
             let st = self.shared.lock();
             st.conns.iter().filter_map(Weak::upgrade).collect()
         };
-        let picked: Vec<Weak<Conn>> = live
+        self.abort_all(live.into_iter().filter(|c| select(c)).collect());
+    }
+
+    /// Resets `conns` and waits until they are closed.
+    fn abort_all(&self, conns: Vec<Arc<Conn>>) {
+        let picked: Vec<Weak<Conn>> = conns
             .iter()
-            .filter(|c| select(c))
             .map(|c| {
                 c.abort();
                 Arc::downgrade(c)
             })
             .collect();
-        drop(live);
+        drop(conns);
         self.shared.wait_closed(&picked);
     }
 }
@@ -316,6 +430,7 @@ impl fmt::Debug for FaultProxy {
             .field("addr", &self.addr)
             .field("upstream", &self.shared.upstream)
             .field("mode", &st.mode)
+            .field("spike", &st.spike)
             .field("accepting", &st.listener.is_some())
             .field("accepted", &self.accepted())
             .field("open", &self.open_connections())
