@@ -71,18 +71,29 @@ mod tests {
 
     #[test]
     fn spellings_of_one_address_are_one_identity() {
-        for addr in ["127.0.0.1:7000", "localhost:7000", "LOCALHOST:7000", "[::ffff:127.0.0.1]:7000"] {
+        for addr in [
+            "127.0.0.1:7000",
+            "localhost:7000",
+            "LOCALHOST:7000",
+            "[::ffff:127.0.0.1]:7000",
+        ] {
             assert_eq!(identity(addr, None), "127.0.0.1:7000", "{addr}");
         }
         assert_eq!(identity("[::1]:7000", None), "[::1]:7000");
-        assert_eq!(identity("Redis-A.internal:6379", None), "redis-a.internal:6379");
+        assert_eq!(
+            identity("Redis-A.internal:6379", None),
+            "redis-a.internal:6379"
+        );
         assert_eq!(identity("10.0.0.1:6379", Some("a")), "#a");
         assert_eq!(identity("/tmp/redis.sock", None), "/tmp/redis.sock");
     }
 
     #[test]
     fn names_are_split_off_and_checked() {
-        assert_eq!(split_name("redis://h:1#a").unwrap(), ("redis://h:1", Some("a")));
+        assert_eq!(
+            split_name("redis://h:1#a").unwrap(),
+            ("redis://h:1", Some("a"))
+        );
         assert_eq!(split_name("redis://h:1").unwrap(), ("redis://h:1", None));
         assert!(split_name("redis://h:1#").is_err());
         assert!(split_name("redis://h:1#a b").is_err());

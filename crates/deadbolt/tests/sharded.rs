@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use deadbolt::{Client, Error};
 use deadbolt_testkit::RedisMasters;
 
-use crate::util::ms;
+use crate::util::{lock_keys, ms};
 
 /// Each name lives on exactly one node, and every node gets a share.
 #[tokio::test]
@@ -16,7 +16,7 @@ async fn each_name_lives_on_one_node() {
     }
     let mut owners: HashMap<String, usize> = HashMap::new();
     for (n, server) in masters.servers().iter().enumerate() {
-        let keys = server.keys();
+        let keys = lock_keys(server);
         assert!(!keys.is_empty(), "node {n} got no names");
         for key in keys {
             assert!(
@@ -42,7 +42,7 @@ async fn each_name_lives_on_one_node() {
         guard.release().await.unwrap();
     }
     for server in masters.servers() {
-        assert!(server.keys().is_empty());
+        assert!(lock_keys(server).is_empty());
     }
 }
 
@@ -59,7 +59,7 @@ async fn a_dead_node_fails_only_its_names() {
         let node = masters
             .servers()
             .iter()
-            .position(|s| !s.keys().is_empty())
+            .position(|s| !lock_keys(s).is_empty())
             .unwrap();
         home.insert(name, node);
         guard.release().await.unwrap();
@@ -116,5 +116,76 @@ async fn a_node_down_at_start_fails_only_its_names_until_it_is_back() {
             .await
             .unwrap();
         guard.release().await.unwrap();
+    }
+}
+
+/// Two services that spell the same servers differently (`127.0.0.1:P`, `localhost:P`) place
+/// every name on the same server: one holds, the other is refused.
+#[tokio::test]
+async fn spellings_of_one_server_place_names_alike() {
+    let masters = RedisMasters::start(2).unwrap();
+    let spelled: Vec<String> = masters
+        .urls()
+        .iter()
+        .map(|u| u.replace("127.0.0.1", "localhost"))
+        .collect();
+    let one = Client::sharded(masters.urls()).connect().await.unwrap();
+    let other = Client::sharded(spelled).connect().await.unwrap();
+    let mut guards = Vec::new();
+    for i in 0..20 {
+        let name = format!("order:{i}");
+        guards.push(one.lock(&name).try_acquire().await.unwrap());
+        let err = other.lock(&name).try_acquire().await.unwrap_err();
+        assert!(matches!(err, Error::WouldBlock { .. }), "{name}: {err:?}");
+    }
+    for guard in guards {
+        guard.release().await.unwrap();
+    }
+}
+
+/// A client that calls the servers by other identities than another client does (here: names
+/// given to one, not to the other) is refused at connect, before it can place a lock on a
+/// server the other does not.
+#[tokio::test]
+async fn a_client_that_names_the_shards_differently_is_refused() {
+    let masters = RedisMasters::start(2).unwrap();
+    let named: Vec<String> = masters
+        .urls()
+        .iter()
+        .zip(["a", "b"])
+        .map(|(u, n)| format!("{u}#{n}"))
+        .collect();
+    let first = Client::sharded(named.clone()).connect().await.unwrap();
+    let err = Client::sharded(masters.urls()).connect().await.unwrap_err();
+    let Error::InvalidArgument { reason: detail, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert!(
+        detail.contains("is shard `#a` to another client"),
+        "{detail}"
+    );
+    // The same names are accepted.
+    let again = Client::sharded(named).connect().await.unwrap();
+    drop((first, again));
+}
+
+/// One server under two URLs that the spelling cannot tell apart (directly, and through a
+/// proxy) is refused after connecting: its `run_id` gives it away.
+#[tokio::test]
+async fn one_server_behind_two_addresses_is_refused() {
+    let masters = RedisMasters::start(2).unwrap();
+    let proxy = deadbolt_testkit::FaultProxy::start(&masters.servers()[0]).unwrap();
+    for urls in [vec![
+        masters.urls()[0].clone(),
+        proxy.url(),
+        masters.urls()[1].clone(),
+    ]] {
+        for builder in [Client::sharded(urls.clone()), Client::redlock(urls.clone())] {
+            let err = builder.connect().await.unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidArgument { reason: detail, .. } if detail.contains("reach the same server")),
+                "{err:?}"
+            );
+        }
     }
 }

@@ -15,10 +15,16 @@ pub(crate) async fn client(server: &RedisServer) -> Client {
     Client::connect(&server.url()).await.expect("connect")
 }
 
+/// The key where a sharded server keeps its identity (default prefix): metadata, not a lock.
+pub(crate) const SHARD_KEY: &str = "deadbolt:shard";
+
 /// Asserts that no lock key is left and that every key left (fencing counters) expires.
 pub(crate) fn assert_clean(server: &RedisServer) {
     let mut conn = server.connection();
     for key in server.keys() {
+        if key == SHARD_KEY {
+            continue;
+        }
         assert!(key.ends_with(":fence"), "key left behind: {key}");
         let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
         assert!(ttl > 0, "fencing counter {key} has no expiry");
@@ -28,7 +34,7 @@ pub(crate) fn assert_clean(server: &RedisServer) {
 /// Lock keys (not fencing counters) on `server`.
 pub(crate) fn lock_keys(server: &RedisServer) -> Vec<String> {
     let mut keys = server.keys();
-    keys.retain(|k| !k.ends_with(":fence"));
+    keys.retain(|k| !k.ends_with(":fence") && k != SHARD_KEY);
     keys
 }
 

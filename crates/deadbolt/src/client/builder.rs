@@ -217,8 +217,14 @@ impl ClientBuilder {
             let id = identity::identity(&addr, name);
             // Two spellings of one address are one server, whatever the names.
             let same = identity::identity(&addr, None);
-            if let Some(i) = ids.iter().position(|other| *other == id)
-                .or_else(|| self.urls.iter().position(|u| u != url && same_address(u, &same)))
+            if let Some(i) = ids
+                .iter()
+                .position(|other| *other == id)
+                .or_else(|| {
+                    self.urls
+                        .iter()
+                        .position(|u| u != url && same_address(u, &same))
+                })
                 .filter(|&i| i < ids.len())
             {
                 return Err(Error::invalid(
@@ -240,7 +246,10 @@ impl ClientBuilder {
     async fn check_identities(&self, nodes: &[Node], ids: &[String]) -> Result<()> {
         for (i, node) in nodes.iter().enumerate() {
             let Some(run_id) = &node.run_id else { continue };
-            if let Some(j) = nodes[..i].iter().position(|n| n.run_id.as_ref() == Some(run_id)) {
+            if let Some(j) = nodes[..i]
+                .iter()
+                .position(|n| n.run_id.as_ref() == Some(run_id))
+            {
                 return Err(Error::invalid(
                     "redis urls",
                     format!(
