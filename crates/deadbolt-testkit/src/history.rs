@@ -69,6 +69,16 @@ pub enum Event {
         /// The fencing token, if the lock hands them out.
         fence: Option<u64>,
     },
+    /// The holder saw its validity end move to `until` (a renewal or an `extend`): from
+    /// here its belief lasts until then, unless lost or released first.
+    Valid {
+        /// The lock's name.
+        name: String,
+        /// The acquisition's id ([`Acq::id`]).
+        acq: String,
+        /// The new end of validity ([`mono_ns`] scale).
+        until: u64,
+    },
     /// The holder learnt that it lost the lock.
     Lost {
         /// The lock's name.
@@ -125,6 +135,7 @@ impl Event {
         match self {
             Self::Attempt { .. } => "attempt",
             Self::Acquired { .. } => "acquired",
+            Self::Valid { .. } => "valid",
             Self::Lost { .. } => "lost",
             Self::ReleaseSent { .. } => "release_sent",
             Self::ReleaseReturned { .. } => "release_returned",
@@ -139,6 +150,7 @@ impl Event {
         match self {
             Self::Attempt { name, acq }
             | Self::Acquired { name, acq, .. }
+            | Self::Valid { name, acq, .. }
             | Self::Lost { name, acq }
             | Self::ReleaseSent { name, acq }
             | Self::ReleaseReturned { name, acq, .. }
@@ -171,6 +183,7 @@ impl Record {
                 fields.push(("until", json!(until)));
                 fields.extend(fence.map(|fence| ("fence", json!(fence))));
             }
+            Event::Valid { until, .. } => fields.push(("until", json!(until))),
             Event::ReleaseReturned { outcome, .. } => fields.push(("outcome", json!(outcome))),
             Event::GaveUp { error, .. } => fields.push(("error", json!(error))),
             Event::Write {
@@ -221,6 +234,11 @@ impl Record {
                         fence,
                     }
                 }
+                "valid" => Event::Valid {
+                    name,
+                    acq,
+                    until: u64_field("until")?,
+                },
                 "lost" => Event::Lost { name, acq },
                 "release_sent" => Event::ReleaseSent { name, acq },
                 "release_returned" => Event::ReleaseReturned {
@@ -375,6 +393,15 @@ impl History {
             acq,
             until: instant_ns(valid_until),
             fence,
+        });
+    }
+
+    /// The holder saw its validity end move to `valid_until` (renewed or extended).
+    pub fn valid(&self, acq: &Acq, valid_until: Instant) {
+        self.record(Event::Valid {
+            name: acq.name.clone(),
+            acq: acq.id.clone(),
+            until: instant_ns(valid_until),
         });
     }
 

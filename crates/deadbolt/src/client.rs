@@ -64,6 +64,9 @@ pub(crate) struct Inner {
     pub(crate) prefix: String,
     pub(crate) command_timeout: Duration,
     pub(crate) fence_ttl: Duration,
+    /// A known bug brought back for the history checker's negative control (see
+    /// [`ClientBuilder`]'s `negative-control` setter); always `false` otherwise.
+    pub(crate) validity_from_retry: bool,
 }
 
 impl Client {

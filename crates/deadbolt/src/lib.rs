@@ -98,13 +98,6 @@
 
 mod client;
 mod conn;
-#[cfg_attr(feature = "negative-control", doc(hidden))]
-#[cfg_attr(not(feature = "negative-control"), allow(dead_code))]
-#[cfg_attr(feature = "negative-control", allow(unreachable_pub))]
-#[cfg(feature = "negative-control")]
-pub mod control;
-#[cfg(not(feature = "negative-control"))]
-mod control;
 mod engine;
 mod error;
 pub mod fence;

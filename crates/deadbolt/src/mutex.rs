@@ -298,7 +298,7 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
                     return Err(err);
                 }
                 let sent = match unknown_since {
-                    Some(since) if !crate::control::validity_from_retry() => {
+                    Some(since) if !inner.validity_from_retry => {
                         // Renewed, owner-checked, so the lock gets its whole lease again; if that
                         // cannot tell, validity counts from the earliest unknown send.
                         match refresh(inner, place, &pending.key, &pending.token, lease).await {

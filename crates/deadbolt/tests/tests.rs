@@ -28,6 +28,8 @@ mod macros;
 mod multi;
 /// Mixed fleets: waiters re-check behind peers, and do not poll behind deadbolt holders.
 mod peers;
+/// Replies late or lost after the command ran; the history checker's negative control.
+mod proof;
 /// Redlock over independent masters: quorum, node failures, per-node errors, fencing.
 mod redlock;
 /// Replicas: `WAIT` confirms an acquisition, too few replicas release it; `READONLY` is retried.

@@ -1,7 +1,8 @@
 //! The exclusion checker.
 //!
 //! An acquisition *believes* it holds its lock from its `acquired` event
-//! until the first of: `lost`, `release_sent`, its validity end (`until`).
+//! until the first of: `lost`, `release_sent`, its validity end (`until`, moved by
+//! each `valid` event seen before it passed).
 //! Those belief intervals of one lock name must not overlap, fencing tokens
 //! must rise, and the protected resource must accept writes only from an
 //! owner inside its interval, with rising tokens.
@@ -118,6 +119,8 @@ impl fmt::Display for Report {
 #[derive(Default)]
 struct Acq<'a> {
     acquired: Option<&'a Record>,
+    /// The validity ends the holder saw after renewals or `extend`s, in time order.
+    valid: Vec<&'a Record>,
     lost: Option<&'a Record>,
     release_sent: Option<&'a Record>,
     writes: Vec<&'a Record>,
@@ -140,9 +143,20 @@ struct Held<'a> {
 impl<'a> Held<'a> {
     fn new(id: &'a str, acq: &Acq<'a>) -> Option<Self> {
         let acquired = acq.acquired?;
-        let Event::Acquired { until, fence, .. } = acquired.ev else {
+        let Event::Acquired {
+            mut until, fence, ..
+        } = acquired.ev
+        else {
             return None;
         };
+        // Each new validity the holder saw moves the end, unless the belief had ended by the
+        // clock before it was seen (a renewal that came too late does not revive it).
+        for valid in &acq.valid {
+            match valid.ev {
+                Event::Valid { until: next, .. } if valid.t < until => until = next,
+                _ => break,
+            }
+        }
         let mut held = Held {
             id,
             start: acquired.t,
@@ -194,6 +208,7 @@ pub fn check(records: &[Record]) -> Report {
         });
         match rec.ev {
             Event::Acquired { .. } => _ = acq.acquired.get_or_insert(rec),
+            Event::Valid { .. } => acq.valid.push(rec),
             Event::Lost { .. } => _ = acq.lost.get_or_insert(rec),
             Event::ReleaseSent { .. } => _ = acq.release_sent.get_or_insert(rec),
             Event::GaveUp { .. } => report.gave_up += 1,

@@ -24,6 +24,7 @@ pub struct ClientBuilder {
     command_timeout: Duration,
     connect_timeout: Duration,
     fence_ttl: Duration,
+    validity_from_retry: bool,
     #[cfg(feature = "tls")]
     pub(crate) tls_root_cert: Option<crate::tls::RootCert>,
 }
@@ -37,6 +38,7 @@ impl ClientBuilder {
             command_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             fence_ttl: Duration::from_secs(7 * 24 * 60 * 60),
+            validity_from_retry: false,
             #[cfg(feature = "tls")]
             tls_root_cert: None,
         }
@@ -69,6 +71,17 @@ impl ClientBuilder {
     /// [`LockScope::fencing_token`](crate::LockScope::fencing_token)).
     pub fn fence_ttl(mut self, ttl: Duration) -> Self {
         self.fence_ttl = ttl;
+        self
+    }
+
+    /// Test only, never in production (the `negative-control` feature): brings back the bug
+    /// of counting a lock's validity from the try that found its own token, instead of from
+    /// the earliest try whose reply was lost, so that a test can show that the history checker
+    /// catches it under the same faults (a checker that never fails proves nothing).
+    #[cfg(feature = "negative-control")]
+    #[doc(hidden)]
+    pub fn negative_control_validity_from_retry(mut self) -> Self {
+        self.validity_from_retry = true;
         self
     }
 
@@ -137,6 +150,7 @@ impl ClientBuilder {
             prefix: self.prefix,
             command_timeout: self.command_timeout,
             fence_ttl: self.fence_ttl,
+            validity_from_retry: self.validity_from_retry,
         });
         Ok(Client { inner })
     }

@@ -1,0 +1,136 @@
+//! The paths where a command runs but its reply is late or lost, and the history checker's
+//! negative control. The test kit's `FaultProxy` holds or drops *replies only* here: Redis ran
+//! the command, the client does not know it. (Stalling Redis before a command is the safe case
+//! that the other fault tests cover.)
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadbolt::Client;
+use deadbolt_testkit::history::{self, History, Report};
+use deadbolt_testkit::{FaultProxy, RedisServer};
+
+use crate::util::{assert_clean, client, ms};
+
+/// A client whose commands go through `proxy` and time out after 100 ms, with the bug of
+/// counting validity from the retry brought back when `bug` is set.
+async fn through(proxy: &FaultProxy, bug: bool) -> Client {
+    let builder = Client::builder(&proxy.url()).command_timeout(ms(100));
+    let builder = if bug {
+        builder.negative_control_validity_from_retry()
+    } else {
+        builder
+    };
+    builder.connect().await.unwrap()
+}
+
+/// Takes lock `x` while the replies of its first tries are held past the command timeout: the
+/// first `SET` lands, its reply comes too late, and a later try finds its own token. Returns the
+/// guard and the server's expiry of the key, read right after.
+async fn acquire_after_a_late_reply(
+    server: &RedisServer,
+    proxy: &FaultProxy,
+    locks: &Client,
+) -> (deadbolt::LockGuard, Instant) {
+    proxy.hold_replies(ms(300));
+    let acquire = locks.lock("x").lease(ms(1000)).wait(ms(3000)).acquire();
+    let heal = async {
+        tokio::time::sleep(ms(150)).await;
+        proxy.hold_replies(Duration::ZERO);
+    };
+    let (guard, ()) = tokio::join!(acquire, heal);
+    let guard = guard.expect("acquired once replies flow again");
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("deadbolt:{x}")
+        .query(&mut server.connection())
+        .unwrap();
+    (guard, Instant::now() + Duration::from_millis(pttl as u64))
+}
+
+/// The guard never claims validity past the key's expiry on the server, though the try that
+/// took the lock found it already there from an earlier try whose reply was late. With the
+/// bug brought back, the same run claims more than the server gives: the test can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validity_after_a_late_reply_never_outlives_the_key() {
+    for bug in [false, true] {
+        let server = RedisServer::start().unwrap();
+        let proxy = FaultProxy::start(&server).unwrap();
+        let locks = through(&proxy, bug).await;
+        let (guard, expires) = acquire_after_a_late_reply(&server, &proxy, &locks).await;
+        // PTTL has millisecond resolution.
+        let over = guard
+            .valid_until()
+            .saturating_duration_since(expires + ms(2));
+        if bug {
+            assert!(over > ms(100), "the bug went unseen: over by {over:?}");
+        } else {
+            assert_eq!(over, Duration::ZERO, "valid {over:?} past the key's expiry");
+        }
+        guard.release().await.unwrap();
+        assert_clean(&server);
+    }
+}
+
+/// One run of the late-reply schedule, recorded: A takes the lock through the proxy while its
+/// first replies are held, and holds it for as long as it believes it may; B, direct, waits for
+/// it. Returns what the checker says of the history.
+async fn late_reply_history(bug: bool) -> Report {
+    let dir = tempfile::tempdir().unwrap();
+    let history = Arc::new(History::create(dir.path().join("history.jsonl")).unwrap());
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(&server).unwrap();
+    let a = through(&proxy, bug).await;
+    let b = client(&server).await;
+
+    let holder = {
+        let history = history.clone();
+        async move {
+            let acq = history.begin("x");
+            history.fault("replies held 300 ms");
+            let (guard, _) = acquire_after_a_late_reply(&server, &proxy, &a).await;
+            history.acquired(&acq, guard.valid_until(), None);
+            // Holds for as long as it believes it holds the lock.
+            let until = tokio::time::Instant::from_std(guard.valid_until());
+            tokio::select! {
+                _ = guard.lost() => history.lost(&acq),
+                _ = tokio::time::sleep_until(until - ms(5)) => {}
+            }
+            history.release_sent(&acq);
+            let outcome = guard.release().await;
+            history.release_returned(&acq, &format!("{outcome:?}"));
+            server
+        }
+    };
+    let waiter = {
+        let history = history.clone();
+        async move {
+            // After A's first try has landed.
+            tokio::time::sleep(ms(200)).await;
+            let acq = history.begin("x");
+            let guard = b.lock("x").lease(ms(1000)).wait(ms(3000)).acquire().await;
+            let guard = guard.expect("B gets the lock once A's key expires");
+            history.acquired(&acq, guard.valid_until(), None);
+            tokio::time::sleep(ms(20)).await;
+            history.release_sent(&acq);
+            let outcome = guard.release().await;
+            history.release_returned(&acq, &format!("{outcome:?}"));
+        }
+    };
+    let (server, ()) = tokio::join!(holder, waiter);
+    assert_clean(&server);
+    history::check_file(history.path()).unwrap()
+}
+
+/// The checker's negative control: the same schedule, with and without the bug of counting
+/// validity from the retry. Without it the checker finds nothing; with it, it finds the two
+/// holders, so a clean report from the checker means something.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_catches_validity_counted_from_the_retry() {
+    let sound = late_reply_history(false).await;
+    println!("without the bug:\n{sound}");
+    assert!(sound.is_ok(), "{sound}");
+    assert_eq!(sound.acquisitions, 2);
+    let buggy = late_reply_history(true).await;
+    println!("with the bug:\n{buggy}");
+    assert!(!buggy.is_ok(), "the checker missed the bug:\n{buggy}");
+}
