@@ -5,6 +5,8 @@
 //! - `deadbolt status NAME` shows whether a lock is held, its TTL and its fencing counter.
 //! - `deadbolt bench` measures the lock against a raw `SET NX PX` floor.
 //! - `deadbolt demo likes` shows, on a real database, why the lock goes around the transaction.
+//! - `deadbolt check` runs a recorded workload (under injected faults, on private servers) and
+//!   checks that no two holders ever believed they held one lock.
 //!
 //! `run` and `status` use the Redis of `--redis` (or `DEADBOLT_REDIS_URL`), by default
 //! `redis://127.0.0.1:6379` as `redis-cli` does, and fail when nothing answers there. Several
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod check;
 mod connect;
 mod demo;
 mod embedded;
@@ -68,6 +71,8 @@ enum Command {
     Bench(bench::Args),
     /// Demonstrations on a real database: `deadbolt demo likes`
     Demo(demo::Args),
+    /// Prove a deployment never lets two holders hold one lock: a recorded workload, checked
+    Check(check::Args),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +97,10 @@ fn main() -> ExitCode {
             Command::Status(args) => status::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Bench(args) => bench::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Demo(args) => demo::run(args).await,
+            Command::Check(args) => check::run(args).await.map(|ok| match ok {
+                true => ExitCode::SUCCESS,
+                false => ExitCode::FAILURE,
+            }),
         };
         // Every client is dropped by now, but clean-ups it spawned may still be on their way to
         // Redis: the release of an acquisition abandoned on a signal, a dropped guard's release.

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 mod check;
 
-pub use check::{Report, Violation, ViolationKind, check, check_file};
+pub use check::{Interval, Report, Violation, ViolationKind, check, check_file, intervals};
 
 /// `CLOCK_MONOTONIC` now, in nanoseconds: the time scale of every event.
 pub fn mono_ns() -> u64 {
@@ -441,15 +441,22 @@ impl History {
         });
     }
 
-    /// A fenced write to the protected resource, and whether it was accepted.
-    pub fn write(&self, acq: &Acq, fence: u64, accepted: bool) {
+    /// A fenced write to the protected resource, sent at `sent`, and whether it was
+    /// accepted. It is recorded at its send time: the resource took it at that time or
+    /// later, and the holder decided to send it then.
+    pub fn write(&self, acq: &Acq, sent: Instant, fence: u64, accepted: bool) {
         let (name, acq) = (acq.name.clone(), acq.id.clone());
-        self.record(Event::Write {
-            name,
-            acq,
-            fence,
-            accepted,
-        });
+        let record = Record {
+            t: instant_ns(sent),
+            ev: Event::Write {
+                name,
+                acq,
+                fence,
+                accepted,
+            },
+        };
+        self.write_record(&record)
+            .unwrap_or_else(|e| panic!("cannot record to {}: {e}", self.path.display()));
     }
 
     /// A fault was injected (`what` describes it).
@@ -576,7 +583,7 @@ mod tests {
         assert_ne!(history.begin("n2").id(), acq.id());
         let until = Instant::now() + Duration::from_secs(1);
         history.acquired(&acq, until, Some(5));
-        history.write(&acq, 5, true);
+        history.write(&acq, Instant::now(), 5, true);
         history.lost(&acq);
         history.release_sent(&acq);
         history.release_returned(&acq, "not owner");

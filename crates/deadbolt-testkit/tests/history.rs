@@ -19,7 +19,7 @@ fn hold_in_turn(history: &History, name: &str) {
     for fence in 1..=ACQUISITIONS {
         let acq = history.begin(name);
         history.acquired(&acq, Instant::now() + Duration::from_secs(10), Some(fence));
-        history.write(&acq, fence, true);
+        history.write(&acq, std::time::Instant::now(), fence, true);
         history.release_sent(&acq);
         history.release_returned(&acq, "released");
     }

@@ -128,23 +128,40 @@ impl MultiLock<'_> {
         if let Some(guards) = take_at_once(client, &names, options.lease).await? {
             return Ok(MultiGuard { guards });
         }
-        let mut guards = Vec::with_capacity(names.len());
-        for name in &names {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            let taken = client
-                .lock(name.as_str())
-                .options(LockOptions::new(wait, options.lease))
-                .acquire()
-                .await;
-            match taken {
-                Ok(guard) => guards.push(guard),
-                Err(err) => {
+        let start = Instant::now();
+        'set: loop {
+            let mut guards: Vec<LockGuard> = Vec::with_capacity(names.len());
+            for name in &names {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                let taken = client
+                    .lock(name.as_str())
+                    .options(LockOptions::new(wait, options.lease))
+                    .acquire()
+                    .await;
+                match taken {
+                    Ok(guard) => guards.push(guard),
+                    Err(err) => {
+                        release_all(guards).await;
+                        return Err(err);
+                    }
+                }
+                // A lock taken earlier may have expired while this one was waited for (a fixed
+                // lease shorter than the wait): then the set was never held all at once. Give
+                // it back and start over, within the wait.
+                if let Some(lost) = guards.iter().find(|g| !g.is_held()) {
+                    let name = lost.name().to_owned();
                     release_all(guards).await;
-                    return Err(err);
+                    if Instant::now() >= deadline {
+                        return Err(Error::Timeout {
+                            name,
+                            waited: start.elapsed(),
+                        });
+                    }
+                    continue 'set;
                 }
             }
+            return Ok(MultiGuard { guards });
         }
-        Ok(MultiGuard { guards })
     }
 }
 

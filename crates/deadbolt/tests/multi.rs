@@ -156,3 +156,24 @@ async fn bad_sets_are_refused_before_anything_is_sent() {
     }
     assert!(server.keys().is_empty());
 }
+
+/// A lock of the set taken early whose fixed lease runs out while a later one is waited for is
+/// not handed out expired: the set is taken again, and every guard returned is held.
+#[tokio::test]
+async fn no_lock_of_a_returned_set_has_expired() {
+    let (server, locks) = setup().await;
+    let other = client(&server).await;
+    let b = other.lock("b").lease(ms(600)).acquire().await.unwrap();
+    let set = locks
+        .multi_lock(["a", "b"])
+        .lease(ms(300))
+        .wait(Duration::from_secs(3))
+        .acquire()
+        .await
+        .unwrap();
+    for guard in set.guards() {
+        assert!(guard.is_held(), "{} was handed out expired", guard.name());
+    }
+    set.release().await.unwrap();
+    drop(b);
+}

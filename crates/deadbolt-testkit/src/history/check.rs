@@ -189,14 +189,13 @@ fn ms(ns: i128) -> f64 {
     ns as f64 / 1e6
 }
 
-/// Checks a history (any order; it is sorted by time here).
-pub fn check(records: &[Record]) -> Report {
-    let mut sorted: Vec<&Record> = records.iter().collect();
-    sorted.sort_by_key(|r| r.t);
-    let mut report = Report::default();
-    // name -> acquisition id -> what it recorded; ids in first-seen order.
-    let mut names: BTreeMap<&str, (Vec<&str>, HashMap<&str, Acq<'_>>)> = BTreeMap::new();
-    for &rec in &sorted {
+/// Name -> (acquisition ids in first-seen order, id -> what it recorded).
+type Names<'a> = BTreeMap<&'a str, (Vec<&'a str>, HashMap<&'a str, Acq<'a>>)>;
+
+/// Groups time-sorted records by lock name and acquisition, counting faults and give-ups.
+fn group<'a>(sorted: &[&'a Record], report: &mut Report) -> Names<'a> {
+    let mut names: Names<'a> = BTreeMap::new();
+    for &rec in sorted {
         let Some((name, id)) = rec.ev.name_acq() else {
             report.faults += 1;
             continue;
@@ -216,6 +215,53 @@ pub fn check(records: &[Record]) -> Report {
             _ => {}
         }
     }
+    names
+}
+
+/// One acquisition's belief interval, for plots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interval {
+    /// The lock name.
+    pub name: String,
+    /// The acquisition's id.
+    pub acq: String,
+    /// When it was acquired ([`mono_ns`](super::mono_ns) scale).
+    pub start: u64,
+    /// When the belief ended.
+    pub end: u64,
+    /// What ended it: `lost`, `release_sent` or `until`.
+    pub end_by: &'static str,
+}
+
+/// Every acquisition's belief interval, as the checker sees it, by name and start.
+pub fn intervals(records: &[Record]) -> Vec<Interval> {
+    let mut sorted: Vec<&Record> = records.iter().collect();
+    sorted.sort_by_key(|r| r.t);
+    let names = group(&sorted, &mut Report::default());
+    let mut out = Vec::new();
+    for (name, (order, acqs)) in &names {
+        let mut held: Vec<Held<'_>> = order
+            .iter()
+            .filter_map(|id| Held::new(id, &acqs[id]))
+            .collect();
+        held.sort_by_key(|h| h.start);
+        out.extend(held.into_iter().map(|h| Interval {
+            name: name.to_string(),
+            acq: h.id.to_owned(),
+            start: h.start,
+            end: h.end,
+            end_by: h.end_by,
+        }));
+    }
+    out
+}
+
+/// Checks a history (any order; it is sorted by time here).
+pub fn check(records: &[Record]) -> Report {
+    let mut sorted: Vec<&Record> = records.iter().collect();
+    sorted.sort_by_key(|r| r.t);
+    let mut report = Report::default();
+    let names = group(&sorted, &mut report);
     report.names = names.len();
     let (mut gaps, mut lost_margins) = (Vec::new(), Vec::new());
     for (name, (order, acqs)) in &names {
@@ -256,7 +302,10 @@ pub fn check(records: &[Record]) -> Report {
                 }
                 active.push(h);
             }
-            if let Some(next) = held.get(i + 1) {
+            // Margins between real intervals: one that ended before it began (its validity
+            // had passed when it was acquired) excludes nobody.
+            let next = held[i + 1..].iter().find(|n| n.end > n.start);
+            if let Some(next) = next.filter(|_| h.end > h.start) {
                 gaps.push(i128::from(next.start) - i128::from(h.end));
                 if let Some(lost) = h.lost_at {
                     lost_margins.push(i128::from(next.start) - i128::from(lost));
