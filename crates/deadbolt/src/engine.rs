@@ -6,6 +6,7 @@
 //! nothing else, so what a lock *is* (its keys, scripts and nodes) stays apart from how it is
 //! waited for, kept, lost and released.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -17,7 +18,7 @@ mod quorum;
 
 pub(crate) use mint::{Minted, mint};
 pub(crate) use quorum::attempt_quorum;
-use quorum::{join_until, no_quorum, vote_of};
+use quorum::{join_until, no_quorum, settled, vote_of};
 
 use crate::error::{Error, Result, Vote, is_transient};
 use crate::key::fence_key;
@@ -310,12 +311,20 @@ pub(crate) async fn release<'a>(
         }
         Placement::Quorum => nodes,
     };
-    let codes: Vec<redis::RedisResult<i64>> =
-        join_until(Instant::now() + limit, nodes.iter().map(release_on))
-            .await
-            .into_iter()
-            .map(|c| c.unwrap_or_else(|| Err(crate::error::no_reply_error())))
-            .collect();
+    // Over once a majority released it, or can no longer.
+    let codes = join_until(Instant::now() + limit, nodes.iter().map(release_on), |r| {
+        let released = r.iter().filter(|c| matches!(c, Some(Ok(1..)))).count();
+        let not = r
+            .iter()
+            .filter(|c| matches!(c, Some(Ok(..=0) | Err(_))))
+            .count();
+        settled(r.len(), released, not)
+    });
+    let codes: Vec<redis::RedisResult<i64>> = codes
+        .await
+        .into_iter()
+        .map(|c| c.unwrap_or_else(|| Err(crate::error::no_reply_error())))
+        .collect();
     let needed = quorum(nodes.len());
     let released = codes.iter().filter(|c| matches!(c, Ok(1..))).count();
     if released >= needed {
@@ -339,8 +348,8 @@ pub(crate) async fn release<'a>(
 
 /// Renews (`lease` > 0) or checks (`lease` = 0) many locks of one placement in one script call
 /// per node, and counts the votes of a quorum. `locks` holds each lock's key, token and lease.
-pub(crate) async fn renew(
-    nodes: &[Node],
+pub(crate) async fn renew<'a>(
+    nodes: &'a [Node],
     place: Placement,
     locks: &[(&str, &str, Duration)],
     limit: Duration,
@@ -353,22 +362,55 @@ pub(crate) async fn renew(
     for (_, token, lease) in locks {
         call.arg(*token).arg(lease.as_millis() as u64);
     }
-    let replies = join_all(nodes.iter().map(|node| {
-        let call = &call;
-        async move {
-            let reply = RENEW
-                .run::<Vec<i64>>(call, &mut node.conn.get(), node.timer_for(limit))
-                .await;
-            if let Err(err) = &reply {
+    let call = &call;
+    let renew_on = |node: &'a Node| async move {
+        let bound = match place {
+            Placement::One(_) => node.timer_for(limit),
+            // The fan-out's one timer bounds them all.
+            Placement::Quorum => None,
+        };
+        let reply = RENEW
+            .run::<Vec<i64>>(call, &mut node.conn.get(), bound)
+            .await;
+        match &reply {
+            Err(err) => {
                 if is_transient(err) {
                     node.conn.saw_error(err);
                 }
-                tracing::warn!(node = %node.addr, error = %err, locks = locks.len(), "lease renewal failed; retrying");
+                // Once per outage of the node, not once per batch and retry.
+                if !node.renewals_failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(node = %node.addr, error = %err, "lease renewals fail on this node; retrying until they work or the locks are lost");
+                }
             }
-            reply.ok()
+            Ok(_) => {
+                if node.renewals_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(node = %node.addr, "lease renewals work again");
+                }
+            }
         }
-    }))
-    .await;
+        reply.ok()
+    };
+    let replies: Vec<Option<Vec<i64>>> = match place {
+        Placement::One(_) => join_all(nodes.iter().map(renew_on)).await,
+        // Over once every lock's outcome is settled by a majority.
+        Placement::Quorum => join_until(Instant::now() + limit, nodes.iter().map(renew_on), |r| {
+            (0..locks.len()).all(|i| {
+                let ours = r
+                    .iter()
+                    .filter(|c| matches!(c, Some(Some(c)) if c[i] == 1))
+                    .count();
+                let not = r
+                    .iter()
+                    .filter(|c| matches!(c, Some(None)) || matches!(c, Some(Some(c)) if c[i] != 1))
+                    .count();
+                settled(r.len(), ours, not)
+            })
+        })
+        .await
+        .into_iter()
+        .map(Option::flatten)
+        .collect(),
+    };
     let needed = quorum(nodes.len());
     (0..locks.len())
         .map(|i| {

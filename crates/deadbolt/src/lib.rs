@@ -35,7 +35,8 @@
 //! - **Fencing tokens** ([`LockScope::fencing_token`], minted on first use or with
 //!   [`LockBuilder::fenced`]) strictly increasing per lock name, and a resource-side check ([`fence::set_if_newer`], and an SQL pattern) that refuses stale
 //!   holders.
-//! - **Cancel safety**: dropping an `acquire` future leaves no lock and no subscription behind.
+//! - **Cancel safety**: dropping an `acquire` future leaves no subscription behind, and no lock
+//!   once the release it sends in the background lands (the lease is the backstop).
 //! - **Beyond one Redis**, on the same engine: [`Client::redlock`] (a majority of independent
 //!   masters), [`Client::sharded`] (names spread over independent servers),
 //!   [`Client::cluster`] (Redis Cluster, sharded pub/sub), and [`Client::multi_lock`] (several
@@ -78,10 +79,12 @@
 //!
 //! # Faults
 //!
-//! Every connection is pinged each second and replaced when it stays silent for the command
-//! timeout; after a dropped or replaced connection every held lock is checked at once, so a
-//! Redis restart that lost the locks fires [`LockScope::lost`] about a second after Redis
-//! answers again. Transient errors inside a wait are retried; an outage that outlasts the wait is
+//! Except on a Redis Cluster (whose client reconnects by itself), every connection is pinged
+//! each second and replaced when it stays silent for the command timeout; after a dropped or
+//! replaced connection every held lock is checked at once, so a Redis restart that lost the
+//! locks fires [`LockScope::lost`] about a second after Redis answers again. A try whose reply
+//! was lost is counted from its send: a later try that finds the lock already ours does not
+//! claim more validity than the key has. Transient errors inside a wait are retried; an outage that outlasts the wait is
 //! [`Error::Unavailable`], never [`Error::Timeout`]. Redis 7.0 or later is required.
 //!
 //! # Defaults and limits

@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until, timeout_at};
 
 use crate::client::{Client, Inner};
-use crate::engine::{self, Attempt, Renewal, nodes_of};
+use crate::engine::{self, Attempt, Renewal};
 use crate::error::{Error, Result};
 use crate::guard::LockGuard;
 use crate::held::{Held, HeldParts};
@@ -232,7 +232,6 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
     };
 
     let lease = options.lease.duration();
-    let node_count = nodes_of(&inner.nodes, place).len();
     let mut pending = Pending {
         inner: inner.clone(),
         place,
@@ -260,7 +259,7 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
         sleep_until((Instant::now() + HAND_OFF).min(deadline)).await;
     }
     loop {
-        if busy && ticket.line().subscriptions.len() < node_count {
+        if busy && !subscribed_to_all(inner, place, &mut ticket) {
             // Subscribe, then try once more: a release between the last try and the
             // subscription would otherwise go unseen. On a quorum, to every node still missing
             // (a release may reach only some of them), each round until all are.
@@ -279,9 +278,6 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
             .iter()
             .map(|(_, s)| s.notify())
             .collect();
-        // Woken by a release only when subscribed on every node of the lock; otherwise a
-        // release seen by no subscription must be found by re-checking.
-        let complete = notifies.len() == node_count;
         let mut released = pin!(any_notified(&notifies));
         released.as_mut().enable();
         // A subscribed waiter marks a deadbolt holder, so that its release publishes.
@@ -378,7 +374,9 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
         if now >= deadline {
             return Err(timed_out());
         }
-        let recheck = if inner.degraded(place) || !complete {
+        // Woken by a release only when subscribed on every node of the lock that is up;
+        // otherwise a release seen by no subscription must be found by re-checking.
+        let recheck = if inner.degraded(place) || !subscribed_to_all(inner, place, &mut ticket) {
             Some(DEGRADED_RECHECK)
         } else {
             None
@@ -474,14 +472,7 @@ async fn subscribe(
     if limit <= Instant::now() {
         return;
     }
-    let first = match place {
-        Placement::One(i) => i,
-        Placement::Quorum => 0,
-    };
-    let line = ticket.line();
-    let missing: Vec<usize> = (first..first + nodes_of(&inner.nodes, place).len())
-        .filter(|i| !line.subscriptions.iter().any(|(on, _)| on == i))
-        .collect();
+    let missing: Vec<usize> = missing(inner, place, ticket).collect();
     let subscribed = join_all(
         missing
             .iter()
@@ -498,6 +489,29 @@ async fn subscribe(
             Err(_) => tracing::debug!("no subscription confirmed in time; re-checking on a timer"),
         }
     }
+}
+
+/// The nodes of the lock where the line should be subscribed and is not: every node of a lock
+/// on one node; on a quorum, those known to be up (a node that is down publishes nothing, and
+/// waiting for its subscription would cost every round).
+fn missing<'a>(
+    inner: &'a Inner,
+    place: Placement,
+    ticket: &'a mut Ticket,
+) -> impl Iterator<Item = usize> + 'a {
+    let (first, n) = match place {
+        Placement::One(i) => (i, 1),
+        Placement::Quorum => (0, inner.nodes.len()),
+    };
+    let line = ticket.line();
+    (first..first + n)
+        .filter(move |&i| place != Placement::Quorum || inner.nodes[i].conn.is_up())
+        .filter(move |i| !line.subscriptions.iter().any(|(on, _)| on == i))
+}
+
+/// Whether the line is subscribed on every node where it should be (see [`missing`]).
+fn subscribed_to_all(inner: &Inner, place: Placement, ticket: &mut Ticket) -> bool {
+    missing(inner, place, ticket).next().is_none()
 }
 
 /// `err` as the error of the lock's node being unavailable, when it is about the connection.

@@ -50,6 +50,9 @@ pub(crate) struct Node {
     /// The server's `run_id` when it answered at connect time: two nodes with the same one are
     /// one server listed twice (see `identity.rs`).
     pub(crate) run_id: Option<String>,
+    /// Whether lease renewals on this node are failing (said once per outage, see
+    /// `engine::renew`).
+    pub(crate) renewals_failing: std::sync::atomic::AtomicBool,
     /// The response timeout of the command connection, if it has one.
     bound: Option<Duration>,
     /// Ends the heartbeat and Sentinel tasks when the node is dropped.
@@ -224,6 +227,7 @@ impl Node {
             addr,
             cluster: true,
             run_id: None,
+            renewals_failing: Default::default(),
             // Each try of a command, not the command with its redirections: bounded by deadbolt.
             bound: None,
             _heartbeat: None,
@@ -298,6 +302,7 @@ impl Node {
             addr,
             cluster: false,
             run_id: None,
+            renewals_failing: Default::default(),
             bound: settings.bounded.then_some(settings.command_timeout),
             _heartbeat: Some(stop.drop_guard()),
         }

@@ -312,3 +312,35 @@ fn deadbolt_testkit_free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A Redlock step ends as soon as a majority decided it: with one master of five killed and
+/// another frozen (SIGSTOP), acquire → release cycles do not wait for them. Bounded generously:
+/// each cycle would otherwise wait out a 1.5 s fan-out timer on the frozen master, and its
+/// release a 5 s command timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_down_or_frozen_costs_a_cycle_nothing() {
+    let mut masters = RedisMasters::start(5).unwrap();
+    let locks = Client::redlock(masters.urls())
+        .command_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap();
+    masters.servers_mut()[0].kill();
+    masters.servers()[1].pause();
+    let start = std::time::Instant::now();
+    for i in 0..10 {
+        let guard = locks
+            .lock(format!("m{i}"))
+            .watchdog(Duration::from_secs(30))
+            .acquire()
+            .await
+            .unwrap();
+        assert_eq!(guard.release().await.unwrap(), ReleaseOutcome::Released);
+    }
+    let took = start.elapsed();
+    masters.servers()[1].resume();
+    assert!(
+        took < Duration::from_millis(1500),
+        "10 cycles took {took:?}"
+    );
+}

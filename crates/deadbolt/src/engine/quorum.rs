@@ -4,6 +4,9 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 
 use super::{Attempt, Try, TryWrite, node_timeout, outcome, try_on};
@@ -39,7 +42,19 @@ pub(crate) async fn attempt_quorum(
     // Built once, sent to every node.
     let write = TryWrite::new(key, token, how);
     let sent = Instant::now();
-    let replies = join_until(sent + limit, nodes.iter().map(|n| try_on(n, &write, how))).await;
+    let tries = nodes.iter().map(|n| try_on(n, &write, how));
+    let replies = join_until(sent + limit, tries, |r| {
+        let won = r
+            .iter()
+            .filter(|r| matches!(r, Some(Ok(Attempt::Acquired { .. }))))
+            .count();
+        let against = r
+            .iter()
+            .filter(|r| matches!(r, Some(Ok(Attempt::Held(_)) | Err(_))))
+            .count();
+        settled(r.len(), won, against)
+    })
+    .await;
     let replies: Vec<Result<Attempt>> = nodes
         .iter()
         .zip(replies)
@@ -64,14 +79,19 @@ pub(crate) async fn attempt_quorum(
         .filter(|(_, r)| !matches!(r, Ok(Attempt::Held(_))))
         .map(|(n, _)| n)
         .collect();
-    // Bounded like the attempt: a silent node must not hold up the wait. What is not confirmed
-    // is released again when the acquisition ends (see `Pending` in `mutex.rs`).
+    // Bounded like the attempt, and over once every node known to be up answered: a node that
+    // is down must not hold up the wait (a release that waits for its reconnection is dropped
+    // unsent, as the try to it was). What is not confirmed is released again in the background
+    // (see `Pending` in `mutex.rs`); the try after this one has a token of its own.
     let call = &scripts::release_call(key, token, false, nodes[0].cluster);
-    let released = join_until(
-        Instant::now() + limit,
+    let releases = mine
+        .iter()
+        .map(|n| async move { RELEASE.run::<i64>(call, &mut n.conn.get(), None).await });
+    let released = join_until(Instant::now() + limit, releases, |r| {
         mine.iter()
-            .map(|n| async move { RELEASE.run::<i64>(call, &mut n.conn.get(), None).await }),
-    )
+            .zip(r)
+            .all(|(node, reply)| reply.is_some() || !node.conn.is_up())
+    })
     .await;
     let cleaned = released.iter().all(|r| matches!(r, Some(Ok(_))));
     let answered = replies.iter().filter(|r| r.is_ok()).count();
@@ -94,26 +114,50 @@ pub(crate) async fn attempt_quorum(
     (Ok(Attempt::Held(holder)), cleaned)
 }
 
-/// Runs `futures` at once until all are done or `deadline` passes, with one timer for all of
-/// them (a fan-out to N nodes would otherwise start N): `None` for those not done in time.
+/// Runs `futures` at once until all are done, `decided` says the outputs so far settle the
+/// step, or `deadline` passes, with one timer for all of them (a fan-out to N nodes would
+/// otherwise start N): `None` for those not done by then.
+///
+/// A quorum step is over as soon as a majority decided it: a node that is down or stalled
+/// must cost the others nothing. The futures still running are dropped; a command already
+/// written to its connection still runs on its server (and every command of a lock is safe to
+/// run late: its token is unique to the try), one still waiting for a connection is never sent.
+///
 /// Each future writes its output into a slot of its own, so the outputs of those done survive
-/// the deadline; the futures live in one allocation (`join_all`'s), not one each.
+/// the end; the futures live in one allocation (`join_all`'s), not one each.
 pub(super) async fn join_until<F: Future>(
     deadline: Instant,
     futures: impl ExactSizeIterator<Item = F>,
+    decided: impl Fn(&[Option<F::Output>]) -> bool,
 ) -> Vec<Option<F::Output>> {
-    let mut done: Vec<Option<F::Output>> = (0..futures.len()).map(|_| None).collect();
-    let all = join_all(
-        done.iter_mut()
-            .zip(futures)
-            .map(|(slot, future)| async move { *slot = Some(future.await) }),
-    );
+    let slots: Mutex<Vec<Option<F::Output>>> =
+        Mutex::new((0..futures.len()).map(|_| None).collect());
+    let settled = Notify::new();
+    let all = join_all(futures.enumerate().map(|(i, future)| {
+        let (slots, settled, decided) = (&slots, &settled, &decided);
+        async move {
+            let output = future.await;
+            let mut done = slots.lock().unwrap_or_else(|e| e.into_inner());
+            done[i] = Some(output);
+            if decided(&done) {
+                settled.notify_one();
+            }
+        }
+    }));
     tokio::select! {
         biased;
         _ = all => {}
+        () = settled.notified() => {}
         () = sleep_until(deadline) => {}
     }
-    done
+    slots.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether the replies so far decide a vote of `n` nodes: `yes` of them for, `no` against
+/// (including failures); a majority either way, or no majority possible any more.
+pub(super) fn settled(n: usize, yes: usize, no: usize) -> bool {
+    let needed = quorum(n);
+    yes >= needed || no > n - needed
 }
 
 /// The vote of a node whose step failed.
