@@ -6,6 +6,7 @@
 //! nothing else, so what a lock *is* (its keys, scripts and nodes) stays apart from how it is
 //! waited for, kept, lost and released.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ mod quorum;
 
 pub(crate) use mint::{Minted, mint};
 pub(crate) use quorum::attempt_quorum;
-use quorum::{join_until, no_quorum, settled, vote_of};
+use quorum::{join_until, no_quorum, release_until, settled, vote_of};
 
 use crate::error::{Error, Result, Vote, is_transient};
 use crate::key::fence_key;
@@ -273,55 +274,66 @@ fn outcome(node: &Node, key: &str, reply: Option<redis::RedisResult<Attempt>>) -
 /// by a majority; nodes that fail expire the key at the end of its lease.
 ///
 /// A node whose user may not publish (code 3) has its waiters degraded to re-checks.
-pub(crate) async fn release<'a>(
-    nodes: &'a [Node],
+pub(crate) async fn release(
+    nodes: &Arc<[Node]>,
     place: Placement,
     name: &str,
-    key: &'a str,
-    token: &'a str,
+    key: &str,
+    token: &str,
     own_subscription: bool,
     limit: Duration,
 ) -> Result<i64> {
-    // Bounded here on one node (by its connection, if that is enough); by the fan-out's single
-    // timer on a quorum.
-    let one = matches!(place, Placement::One(_));
     // Built once, sent to every node.
-    let call = &scripts::release_call(key, token, own_subscription, nodes[0].cluster);
-    let release_on = move |node: &'a Node| async move {
-        let bound = if one { node.timer_for(limit) } else { None };
-        let code = RELEASE.run::<i64>(call, &mut node.conn.get(), bound).await;
-        if let Err(err) = &code
-            && is_transient(err)
-        {
-            node.conn.saw_error(err);
-        }
-        if let Ok(3) = code {
-            // Redis refused the PUBLISH: this user may not use the channels (any more). Later
-            // tokens say so, so waiters re-check instead of waiting for a message.
-            node.waiters.degrade();
-        }
-        code
-    };
-    let nodes = match place {
+    let call = scripts::release_call(key, token, own_subscription, nodes[0].cluster);
+    let i = match place {
         // No fan-out machinery for the common case: a release is on every acquisition's path.
-        Placement::One(i) => {
-            return release_on(&nodes[i])
-                .await
-                .map_err(|e| Error::from_redis(e, key));
+        // Bounded by the node's connection, if that is enough.
+        Placement::One(i) => i,
+        Placement::Quorum => {
+            return release_quorum(nodes, name, call, limit).await;
         }
-        Placement::Quorum => nodes,
     };
-    // Over once a majority released it, or can no longer.
-    let codes = join_until(Instant::now() + limit, nodes.iter().map(release_on), |r| {
-        let released = r.iter().filter(|c| matches!(c, Some(Ok(1..)))).count();
-        let not = r
-            .iter()
-            .filter(|c| matches!(c, Some(Ok(..=0) | Err(_))))
-            .count();
-        settled(r.len(), released, not)
-    });
+    let node = &nodes[i];
+    let code = RELEASE
+        .run::<i64>(&call, &mut node.conn.get(), node.timer_for(limit))
+        .await;
+    if let Err(err) = &code
+        && is_transient(err)
+    {
+        node.conn.saw_error(err);
+    }
+    if let Ok(3) = code {
+        // Redis refused the PUBLISH: this user may not use the channels (any more). Later
+        // tokens say so, so waiters re-check instead of waiting for a message.
+        node.waiters.degrade();
+    }
+    code.map_err(|e| Error::from_redis(e, key))
+}
+
+/// [`release`] on every node of a quorum, over once a majority released it or can no longer;
+/// releases still in flight then finish in the background.
+async fn release_quorum(
+    nodes: &Arc<[Node]>,
+    name: &str,
+    call: redis::Cmd,
+    limit: Duration,
+) -> Result<i64> {
+    let codes = release_until(
+        nodes,
+        (0..nodes.len()).collect(),
+        Arc::new(call),
+        Instant::now() + limit,
+        |r| {
+            let released = r.iter().filter(|c| matches!(c, Some(Ok(1..)))).count();
+            let not = r
+                .iter()
+                .filter(|c| matches!(c, Some(Ok(..=0) | Err(_))))
+                .count();
+            settled(r.len(), released, not)
+        },
+    )
+    .await;
     let codes: Vec<redis::RedisResult<i64>> = codes
-        .await
         .into_iter()
         .map(|c| c.unwrap_or_else(|| Err(crate::error::no_reply_error())))
         .collect();

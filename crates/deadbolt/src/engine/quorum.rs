@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 
 use super::{Attempt, Try, TryWrite, node_timeout, outcome, try_on};
+use crate::error::is_transient;
 use crate::error::{Error, NodeOutcome, Result, Vote};
 use crate::node::Node;
 use crate::options::drift;
@@ -24,7 +25,7 @@ use crate::token::Holder;
 ///
 /// The error, when too few nodes answered, is [`Error::NoQuorum`] with each node's outcome.
 pub(crate) async fn attempt_quorum(
-    nodes: &[Node],
+    nodes: &Arc<[Node]>,
     name: &str,
     key: &str,
     token: &str,
@@ -72,25 +73,17 @@ pub(crate) async fn attempt_quorum(
         };
         return (Ok(acquired), true);
     }
-    // Give back what we may hold: every node but those another owner holds.
-    let mine: Vec<&Node> = nodes
-        .iter()
-        .zip(&replies)
-        .filter(|(_, r)| !matches!(r, Ok(Attempt::Held(_))))
-        .map(|(n, _)| n)
+    // Give back what we may hold: every node but those another owner holds. Bounded like the
+    // attempt, and over once every node known to be up answered: a node that is down must not
+    // hold up the wait. What is not confirmed is released again in the background (see
+    // `Pending` in `mutex.rs`); the try after this one has a token of its own.
+    let mine: Vec<usize> = (0..nodes.len())
+        .filter(|&i| !matches!(replies[i], Ok(Attempt::Held(_))))
         .collect();
-    // Bounded like the attempt, and over once every node known to be up answered: a node that
-    // is down must not hold up the wait (a release that waits for its reconnection is dropped
-    // unsent, as the try to it was). What is not confirmed is released again in the background
-    // (see `Pending` in `mutex.rs`); the try after this one has a token of its own.
-    let call = &scripts::release_call(key, token, false, nodes[0].cluster);
-    let releases = mine
-        .iter()
-        .map(|n| async move { RELEASE.run::<i64>(call, &mut n.conn.get(), None).await });
-    let released = join_until(Instant::now() + limit, releases, |r| {
-        mine.iter()
-            .zip(r)
-            .all(|(node, reply)| reply.is_some() || !node.conn.is_up())
+    let up: Vec<bool> = mine.iter().map(|&i| nodes[i].conn.is_up()).collect();
+    let call = Arc::new(scripts::release_call(key, token, false, nodes[0].cluster));
+    let released = release_until(nodes, mine, call, Instant::now() + limit, move |r| {
+        r.iter().zip(&up).all(|(reply, up)| reply.is_some() || !up)
     })
     .await;
     let cleaned = released.iter().all(|r| matches!(r, Some(Ok(_))));
@@ -151,6 +144,57 @@ pub(super) async fn join_until<F: Future>(
         () = sleep_until(deadline) => {}
     }
     slots.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Releases `call` on `nodes[i]` for each `i` of `which`, at once, until `decided` says the
+/// codes so far settle it or `deadline` passes. Unlike [`join_until`], a release still in
+/// flight then is not dropped but finished in the background (bounded by the same deadline):
+/// redis-rs does not send a command whose caller went away before it was written, and a
+/// release must reach every node that may hold the key.
+pub(super) async fn release_until(
+    nodes: &Arc<[Node]>,
+    which: Vec<usize>,
+    call: Arc<redis::Cmd>,
+    deadline: Instant,
+    decided: impl Fn(&[Option<redis::RedisResult<i64>>]) -> bool + Send + Sync + 'static,
+) -> Vec<Option<redis::RedisResult<i64>>> {
+    let n = which.len();
+    let slots = Arc::new(Mutex::new((0..n).map(|_| None).collect::<Vec<_>>()));
+    let settled = Arc::new(Notify::new());
+    let decided = Arc::new(decided);
+    let all = join_all(which.into_iter().enumerate().map(|(slot, i)| {
+        let (nodes, call) = (nodes.clone(), call.clone());
+        let (slots, settled, decided) = (slots.clone(), settled.clone(), decided.clone());
+        async move {
+            let node = &nodes[i];
+            let code = RELEASE.run::<i64>(&call, &mut node.conn.get(), None).await;
+            if let Err(err) = &code
+                && is_transient(err)
+            {
+                node.conn.saw_error(err);
+            }
+            if let Ok(3) = code {
+                // Redis refused the PUBLISH: this user may not use the channels (any more).
+                node.waiters.degrade();
+            }
+            let mut done = slots.lock().unwrap_or_else(|e| e.into_inner());
+            done[slot] = Some(code);
+            if decided(&done) {
+                settled.notify_one();
+            }
+        }
+    }));
+    let mut all = Box::pin(tokio::time::timeout_at(deadline, all));
+    tokio::select! {
+        biased;
+        _ = all.as_mut() => {}
+        () = settled.notified() => {
+            // The rest finish in the background.
+            tokio::spawn(all);
+        }
+    }
+    let mut done = slots.lock().unwrap_or_else(|e| e.into_inner());
+    done.iter_mut().map(Option::take).collect()
 }
 
 /// Whether the replies so far decide a vote of `n` nodes: `yes` of them for, `no` against
