@@ -67,8 +67,15 @@ pub(crate) struct Args {
     /// lost, before SIGKILL
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     grace: Duration,
-    /// Put the fencing token in the command's environment, in variable VAR
-    #[arg(long, value_name = "VAR", num_args = 0..=1, default_missing_value = "DEADBOLT_FENCE")]
+    /// Put the fencing token in the command's environment, in variable VAR (DEADBOLT_FENCE when
+    /// no VAR is given); not one the command needs, such as PATH or HOME
+    #[arg(
+        long,
+        value_name = "VAR",
+        num_args = 0..=1,
+        default_missing_value = FENCE_ENV,
+        value_parser = fence_env_name,
+    )]
     fence_env: Option<String>,
     /// Exit code when the lock is not acquired within --wait
     #[arg(long, default_value_t = EXIT_NOT_ACQUIRED, value_name = "CODE")]
@@ -79,6 +86,46 @@ pub(crate) struct Args {
     /// The command and its arguments
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
+}
+
+/// The variable `--fence-env` without a name puts the fencing token in.
+const FENCE_ENV: &str = "DEADBOLT_FENCE";
+
+/// Variables the token must not replace: the command, or the programs it starts, need them
+/// (where to find programs, whose they are and where they live, what shell splits words on or
+/// sources at start, which libraries the loader puts in).
+const NEEDED: [&str; 11] = [
+    "PATH", "HOME", "SHELL", "USER", "LOGNAME", "PWD", "TMPDIR", "TERM", "IFS", "ENV", "BASH_ENV",
+];
+
+/// A `--fence-env` name: a variable name as the shell takes it (`[A-Za-z_][A-Za-z0-9_]*`), and
+/// not one the command needs ([`NEEDED`], `LD_*`) nor one of deadbolt's own (`DEADBOLT_*` other
+/// than [`FENCE_ENV`]), which a deadbolt run by the command would read.
+fn fence_env_name(name: &str) -> Result<String, String> {
+    let mut chars = name.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(
+            "not a variable name: letters, digits and _, not starting with a digit".to_owned(),
+        );
+    }
+    if NEEDED.contains(&name) || name.starts_with("LD_") {
+        return Err(format!(
+            "the command needs {name}, which the fencing token would replace; pick another \
+             name, such as {FENCE_ENV}"
+        ));
+    }
+    if name.starts_with("DEADBOLT_") && name != FENCE_ENV {
+        return Err(format!(
+            "DEADBOLT_ variables are deadbolt's own settings (DEADBOLT_REDIS_URL, DEADBOLT_LOG), \
+             which a deadbolt run by the command would read; only {FENCE_ENV}, the default, is \
+             free"
+        ));
+    }
+    Ok(name.to_owned())
 }
 
 /// Runs `deadbolt run`, returning the exit code to leave with.

@@ -227,6 +227,75 @@ fn exits_with_the_command_status() {
     assert!(!is_locked(&server, "k"));
 }
 
+/// `--fence-env` takes a variable name, and not one the command needs or a nested deadbolt
+/// reads: anything else is a usage error (2) that says why, found before a lock is taken or the
+/// command runs. The default name is in `--help`.
+#[test]
+fn fence_env_takes_only_a_variable_name_the_command_can_spare() {
+    let server = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    for (name, why) in [
+        ("=A=B", "not a variable name"),
+        ("", "not a variable name"),
+        ("1FENCE", "not a variable name"),
+        ("MY-FENCE", "not a variable name"),
+        ("FENCE ", "not a variable name"),
+        ("PATH", "the command needs PATH"),
+        ("HOME", "the command needs HOME"),
+        ("SHELL", "the command needs SHELL"),
+        ("USER", "the command needs USER"),
+        ("LD_PRELOAD", "the command needs LD_PRELOAD"),
+        ("LD_LIBRARY_PATH", "the command needs LD_LIBRARY_PATH"),
+        ("DEADBOLT_REDIS_URL", "DEADBOLT_"),
+        ("DEADBOLT_LOG", "DEADBOLT_"),
+        ("DEADBOLT_FENCE2", "DEADBOLT_"),
+    ] {
+        let flag = format!("--fence-env={name}");
+        let out = run(&server, "k", &[&flag], &["touch"])
+            .arg(&ran)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 2, "{flag}: {out:?}");
+        let stderr = stderr(&out);
+        assert!(stderr.contains(why), "{flag}: {stderr}");
+        assert!(!ran.exists(), "{flag}: the command ran");
+    }
+    // Nothing was taken, not even a fencing counter.
+    assert!(server.keys().is_empty(), "{:?}", server.keys());
+
+    // Names of the command's own are fine, as is the default, and the rest of the command's
+    // environment is left as it was.
+    let path = std::env::var("PATH").unwrap();
+    for (args, var) in [
+        (vec!["--fence-env"], "DEADBOLT_FENCE"),
+        (vec!["--fence-env", "_fence_2"], "_fence_2"),
+        (vec!["--fence-env=Path"], "Path"),
+    ] {
+        let check = format!("test -n \"${var}\" && test \"$PATH\" = \"{path}\"");
+        let out = run(&server, "k", &args, &["sh", "-c", &check])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{args:?}: {out:?}");
+    }
+
+    let out = deadbolt().args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    // The option's line, and the lines of its text under it, up to the next option.
+    let fence_env: Vec<&str> = help
+        .lines()
+        .skip_while(|line| !line.trim_start().starts_with("--fence-env"))
+        .enumerate()
+        .take_while(|(i, line)| *i == 0 || !line.trim_start().starts_with('-'))
+        .map(|(_, line)| line)
+        .collect();
+    let fence_env = fence_env.join("\n");
+    assert!(
+        fence_env.contains("DEADBOLT_FENCE"),
+        "the default name is not in --help: {help}"
+    );
+}
+
 #[test]
 fn not_acquired_within_wait_exits_75() {
     let server = RedisServer::start().unwrap();
