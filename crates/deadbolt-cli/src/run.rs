@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use deadbolt::{Error, LockGuard, ReleaseOutcome};
+use deadbolt::{Error, LockGuard, LostReason, ReleaseOutcome};
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -26,8 +26,9 @@ use crate::human;
 Exit status: the command's own (128+N if killed by signal N), also when the lock expired after \
 the command ended but before deadbolt could tell (say, while deadbolt was stopped); 75 if the \
 lock was not acquired within --wait (see --conflict-exit-code); 76 if the lock was lost while \
-the command ran; 70 if deadbolt itself failed (Redis unreachable or refusing, command not \
-found); 2 for a usage error; 128+N if signal N arrived while waiting for the lock.
+the command ran, or could no longer be confirmed held (no renewal confirmed in time); 70 if \
+deadbolt itself failed (Redis unreachable or refusing, command not found); 2 for a usage error; \
+128+N if signal N arrived while waiting for the lock.
 
 Several --redis make the lock a Redlock: taken on all the servers at once and held while a \
 majority of them grant it, within its lease less the time taking it took; a minority may fail or \
@@ -230,51 +231,98 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(exit_code(status))
 }
 
-/// The lock is lost while the command runs: stop its whole group, then exit 76.
+/// Why deadbolt can no longer vouch for a lock that is not known to be lost: its validity
+/// (counted from the last renewal Redis confirmed) ran out. The key may well still be ours; only
+/// Redis can tell.
+const UNCONFIRMED: &str = "no renewal was confirmed before its validity ran out: Redis answered \
+                           late or not at all, or deadbolt was paused";
+
+/// The lock is lost, or can no longer be confirmed held, while the command runs: stop its whole
+/// group, then exit 76.
 async fn stop_on_loss(
     args: &Args,
     guard: LockGuard,
     mut command: Supervised,
 ) -> anyhow::Result<ExitCode> {
-    let why = match guard.lost_reason() {
-        Some(reason) => format!(" ({reason})"),
-        None => String::new(),
+    let key = &args.key;
+    // `lost` fires when a renewal found the lock gone or taken, or when its validity ran out
+    // without one confirmed (`NotRenewed`): then it is not known whether the key is still ours,
+    // but nothing vouches for it any more, so the command is stopped all the same.
+    let unconfirmed = matches!(guard.lost_reason(), Some(LostReason::NotRenewed) | None);
+    let what = match guard.lost_reason() {
+        Some(reason) if !unconfirmed => format!("was lost ({reason})"),
+        _ => format!("can no longer be confirmed held ({UNCONFIRMED})"),
     };
     eprintln!(
-        "deadbolt: lock `{}` was lost{why}; stopping the command (SIGTERM to its process group, \
+        "deadbolt: lock `{key}` {what}; stopping the command (SIGTERM to its process group, \
          SIGKILL after {})",
-        args.key,
         human::duration(args.grace)
     );
     command.stop(args.grace).await?;
-    // Nothing to release: the lock is gone or someone else's.
-    let _ = guard.release().await;
+    // Most often nothing is left to release (the lock is gone or someone else's), but when it
+    // only could not be confirmed, the release tells.
+    let released = guard.release().await;
+    if unconfirmed && matches!(released, Ok(ReleaseOutcome::Released)) {
+        eprintln!("deadbolt: the release found lock `{key}` still ours");
+    }
     Ok(ExitCode::from(EXIT_LOCK_LOST))
 }
 
-/// Releases the lock after the command exited, saying so when it was no longer ours.
+/// Releases the lock after the command exited, saying so when it was not ours to the end: known
+/// lost, found gone or taken by the release, or no longer confirmed held.
 async fn release(args: &Args, guard: LockGuard) {
-    let lost = guard.lost_reason();
+    let key = &args.key;
+    // Known lost: a renewal found the key gone or another owner's.
+    let lost = guard
+        .lost_reason()
+        .filter(|reason| *reason != LostReason::NotRenewed);
+    // Not known lost, but its validity ran out: whether it is still ours, only the release can
+    // tell.
+    let unconfirmed = lost.is_none() && !guard.is_held();
     let released = guard.release().await;
-    let why = match (lost, &released) {
-        (Some(reason), _) => reason.to_string(),
-        (None, Ok(ReleaseOutcome::Released)) => return,
-        (None, Ok(ReleaseOutcome::AlreadyExpired)) => "its lease had expired".to_owned(),
-        (None, Ok(ReleaseOutcome::NotOwner)) => "another owner has taken it".to_owned(),
-        (None, Err(err)) => {
+    if let Some(reason) = lost {
+        eprintln!(
+            "deadbolt: lock `{key}` was lost ({reason}); the command had ended before deadbolt \
+             acted on it, so the exit status is the command's own"
+        );
+        return;
+    }
+    let found = match released {
+        Ok(ReleaseOutcome::Released) if !unconfirmed => return,
+        Ok(ReleaseOutcome::Released) => {
             eprintln!(
-                "deadbolt: cannot release lock `{}` ({}); it expires within {}",
-                args.key,
-                crate::exit::one_line(err),
-                human::duration(args.lease)
+                "deadbolt: lock `{key}` was not confirmed held by the time it was released \
+                 ({UNCONFIRMED}), but the release found it still ours"
             );
             return;
         }
+        Ok(ReleaseOutcome::AlreadyExpired) => LostReason::Expired,
+        Ok(ReleaseOutcome::NotOwner) => LostReason::Taken,
+        Err(err) => {
+            let err = crate::exit::one_line(&err);
+            let lease = human::duration(args.lease);
+            if unconfirmed {
+                eprintln!(
+                    "deadbolt: lock `{key}` was not confirmed held by the time it was released \
+                     ({UNCONFIRMED}), and the release failed ({err}); if it is still ours, it \
+                     expires within {lease}"
+                );
+            } else {
+                eprintln!(
+                    "deadbolt: cannot release lock `{key}` ({err}); it expires within {lease}"
+                );
+            }
+            return;
+        }
+    };
+    let unconfirmed = if unconfirmed {
+        format!("; {UNCONFIRMED}")
+    } else {
+        String::new()
     };
     eprintln!(
-        "deadbolt: lock `{}` was lost by the time the command ended ({why}); the exit status is \
-         the command's own",
-        args.key
+        "deadbolt: lock `{key}` was no longer ours when released after the command ended \
+         ({found}{unconfirmed}); the exit status is the command's own"
     );
 }
 
