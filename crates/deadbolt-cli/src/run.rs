@@ -8,7 +8,7 @@ mod child;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use deadbolt::{Error, LockGuard, LostReason, ReleaseOutcome};
@@ -139,6 +139,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // the command running, or a lock behind); before the command runs they end the wait, then
     // they are passed on to the command's group.
     let mut signals = Signals::new()?;
+    // --wait bounds the whole wait, the clean-up of a failed or interrupted one included. (A
+    // wait too long for the clock is refused by the library, as any wait over a day.)
+    crate::exit::set_deadline(Instant::now().checked_add(args.wait));
     let redis = args.redis.resolve()?;
     let waiting = async {
         let client = redis.client(&args.key_prefix).await?;
@@ -167,7 +170,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let guard = tokio::select! {
         acquired = waiting => match acquired? {
-            Some(guard) => guard,
+            Some(guard) => {
+                // The wait is over: what follows is bounded by the command, not by --wait.
+                crate::exit::set_deadline(None);
+                guard
+            }
             None => return Ok(ExitCode::from(args.conflict_exit_code)),
         },
         sig = signals.recv() => {

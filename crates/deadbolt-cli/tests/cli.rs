@@ -1000,6 +1000,53 @@ fn redis_going_away_during_the_wait_is_a_failure_not_contention() {
     }
 }
 
+/// Redis dies (SIGKILL) 1 s into a 5 s wait for a lock another process holds: `--wait` bounds
+/// the whole run, clean-up included (with Redis gone the lease is the only clean-up left), and
+/// the outage is told in deadbolt's own error line, with no log line at the default level.
+#[test]
+fn redis_killed_during_the_wait_ends_the_run_within_the_wait() {
+    let mut server = RedisServer::start().unwrap();
+    let mut holder = run(&server, "k", &[], &["sleep", "30"])
+        .process_group(0)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_locked(&server, "k");
+    let start = Instant::now();
+    let child = run(&server, "k", &["--wait", "5s"], &["true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Waiting for real: subscribed to the lock's release channel.
+    let end = start + Duration::from_secs(1);
+    loop {
+        let subscribed: Vec<redis::Value> =
+            redis_cmd(&server, &["PUBSUB", "NUMSUB", "deadbolt:{k}:released"]);
+        if subscribed.get(1) == Some(&redis::Value::Int(1)) {
+            break;
+        }
+        assert!(Instant::now() < end, "the waiter never subscribed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(end.saturating_duration_since(Instant::now()));
+    server.kill();
+    let out = wait_with_limit(child, Duration::from_secs(15));
+    let took = start.elapsed();
+    kill_group(&holder);
+    holder.wait().unwrap();
+    assert_eq!(code(&out), 70, "{out:?}");
+    assert!(
+        took < Duration::from_millis(5500),
+        "took {took:?} with --wait 5s"
+    );
+    let stderr = stderr(&out);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("deadbolt: ") && stderr.contains(&server.addr()),
+        "{stderr}"
+    );
+}
+
 /// A waiter whose `--wait` runs out leaves no lock behind: not while a peer holds the key the
 /// whole time (its value stays the peer's), and not when the peer lets go right around the
 /// deadline, where deadbolt's last attempt may land just as it gives up.
