@@ -6,7 +6,9 @@
 
 use std::fmt;
 use std::process::ExitCode;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 /// Bad options or values, whether clap or deadbolt found them (`EX_USAGE` is 64, but clap and
 /// most tools use 2).
@@ -34,6 +36,22 @@ pub(crate) fn abandoned() {
 /// Whether [`abandoned`] was called.
 pub(crate) fn was_abandoned() -> bool {
     ABANDONED.load(Ordering::Relaxed)
+}
+
+/// The caller's deadline for the whole command, if it has one (see [`set_deadline`]).
+static DEADLINE: Mutex<Option<Instant>> = Mutex::new(None);
+
+/// Sets (or, with `None`, lifts) the deadline the whole command must end by, background
+/// clean-ups included: `deadbolt run` while it waits for the lock, by `--wait`. `main` lets
+/// clean-ups the library left running go on no later than that (or than its own limit); what
+/// they could not release then, the lease does.
+pub(crate) fn set_deadline(deadline: Option<Instant>) {
+    *DEADLINE.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
+}
+
+/// The deadline set by [`set_deadline`].
+pub(crate) fn deadline() -> Option<Instant> {
+    *DEADLINE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A usage error found after parsing (a value out of range, a malformed URL): exit 2.

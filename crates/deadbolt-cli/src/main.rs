@@ -106,12 +106,21 @@ fn main() -> ExitCode {
         // Redis: the release of an acquisition abandoned on a signal, a dropped guard's release.
         // A runtime shutting down cancels its tasks, so let them land first. (The wait ends as
         // soon as no task is left; a client's idle heartbeat can outlive it by up to a second,
-        // which is why a clean exit does not wait for the full limit.)
-        let limit = if result.is_err() || exit::was_abandoned() {
+        // and while Redis is down its reconnection attempts never end, which is why a clean exit
+        // does not wait for the full limit.) A caller's deadline (`run --wait`) bounds the wait
+        // too: past it, the lease releases what a clean-up could not.
+        let mut limit = if result.is_err() || exit::was_abandoned() {
             DRAIN
         } else {
             SETTLE
         };
+        if let Some(deadline) = exit::deadline() {
+            limit = limit.min(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(SETTLE),
+            );
+        }
         drain_tasks(limit).await;
         result
     });

@@ -8,10 +8,10 @@ mod child;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use deadbolt::{Error, LockGuard, ReleaseOutcome};
+use deadbolt::{Error, LockGuard, LostReason, ReleaseOutcome};
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -26,8 +26,9 @@ use crate::human;
 Exit status: the command's own (128+N if killed by signal N), also when the lock expired after \
 the command ended but before deadbolt could tell (say, while deadbolt was stopped); 75 if the \
 lock was not acquired within --wait (see --conflict-exit-code); 76 if the lock was lost while \
-the command ran; 70 if deadbolt itself failed (Redis unreachable or refusing, command not \
-found); 2 for a usage error; 128+N if signal N arrived while waiting for the lock.
+the command ran, or could no longer be confirmed held (no renewal confirmed in time); 70 if \
+deadbolt itself failed (Redis unreachable or refusing, command not found); 2 for a usage error; \
+128+N if signal N arrived while waiting for the lock.
 
 Several --redis make the lock a Redlock: taken on all the servers at once and held while a \
 majority of them grant it, within its lease less the time taking it took; a minority may fail or \
@@ -67,8 +68,15 @@ pub(crate) struct Args {
     /// lost, before SIGKILL
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     grace: Duration,
-    /// Put the fencing token in the command's environment, in variable VAR
-    #[arg(long, value_name = "VAR", num_args = 0..=1, default_missing_value = "DEADBOLT_FENCE")]
+    /// Put the fencing token in the command's environment, in variable VAR (DEADBOLT_FENCE when
+    /// no VAR is given); not one the command needs, such as PATH or HOME
+    #[arg(
+        long,
+        value_name = "VAR",
+        num_args = 0..=1,
+        default_missing_value = FENCE_ENV,
+        value_parser = fence_env_name,
+    )]
     fence_env: Option<String>,
     /// Exit code when the lock is not acquired within --wait
     #[arg(long, default_value_t = EXIT_NOT_ACQUIRED, value_name = "CODE")]
@@ -81,6 +89,46 @@ pub(crate) struct Args {
     command: Vec<OsString>,
 }
 
+/// The variable `--fence-env` without a name puts the fencing token in.
+const FENCE_ENV: &str = "DEADBOLT_FENCE";
+
+/// Variables the token must not replace: the command, or the programs it starts, need them
+/// (where to find programs, whose they are and where they live, what shell splits words on or
+/// sources at start, which libraries the loader puts in).
+const NEEDED: [&str; 11] = [
+    "PATH", "HOME", "SHELL", "USER", "LOGNAME", "PWD", "TMPDIR", "TERM", "IFS", "ENV", "BASH_ENV",
+];
+
+/// A `--fence-env` name: a variable name as the shell takes it (`[A-Za-z_][A-Za-z0-9_]*`), and
+/// not one the command needs ([`NEEDED`], `LD_*`) nor one of deadbolt's own (`DEADBOLT_*` other
+/// than [`FENCE_ENV`]), which a deadbolt run by the command would read.
+fn fence_env_name(name: &str) -> Result<String, String> {
+    let mut chars = name.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(
+            "not a variable name: letters, digits and _, not starting with a digit".to_owned(),
+        );
+    }
+    if NEEDED.contains(&name) || name.starts_with("LD_") {
+        return Err(format!(
+            "the command needs {name}, which the fencing token would replace; pick another \
+             name, such as {FENCE_ENV}"
+        ));
+    }
+    if name.starts_with("DEADBOLT_") && name != FENCE_ENV {
+        return Err(format!(
+            "DEADBOLT_ variables are deadbolt's own settings (DEADBOLT_REDIS_URL, DEADBOLT_LOG), \
+             which a deadbolt run by the command would read; only {FENCE_ENV}, the default, is \
+             free"
+        ));
+    }
+    Ok(name.to_owned())
+}
+
 /// Runs `deadbolt run`, returning the exit code to leave with.
 ///
 /// # Errors
@@ -91,6 +139,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // the command running, or a lock behind); before the command runs they end the wait, then
     // they are passed on to the command's group.
     let mut signals = Signals::new()?;
+    // --wait bounds the whole wait, the clean-up of a failed or interrupted one included. (A
+    // wait too long for the clock is refused by the library, as any wait over a day.)
+    crate::exit::set_deadline(Instant::now().checked_add(args.wait));
     let redis = args.redis.resolve()?;
     let waiting = async {
         let client = redis.client(&args.key_prefix).await?;
@@ -119,7 +170,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let guard = tokio::select! {
         acquired = waiting => match acquired? {
-            Some(guard) => guard,
+            Some(guard) => {
+                // The wait is over: what follows is bounded by the command, not by --wait.
+                crate::exit::set_deadline(None);
+                guard
+            }
             None => return Ok(ExitCode::from(args.conflict_exit_code)),
         },
         sig = signals.recv() => {
@@ -183,51 +238,98 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(exit_code(status))
 }
 
-/// The lock is lost while the command runs: stop its whole group, then exit 76.
+/// Why deadbolt can no longer vouch for a lock that is not known to be lost: its validity
+/// (counted from the last renewal Redis confirmed) ran out. The key may well still be ours; only
+/// Redis can tell.
+const UNCONFIRMED: &str = "no renewal was confirmed before its validity ran out: Redis answered \
+                           late or not at all, or deadbolt was paused";
+
+/// The lock is lost, or can no longer be confirmed held, while the command runs: stop its whole
+/// group, then exit 76.
 async fn stop_on_loss(
     args: &Args,
     guard: LockGuard,
     mut command: Supervised,
 ) -> anyhow::Result<ExitCode> {
-    let why = match guard.lost_reason() {
-        Some(reason) => format!(" ({reason})"),
-        None => String::new(),
+    let key = &args.key;
+    // `lost` fires when a renewal found the lock gone or taken, or when its validity ran out
+    // without one confirmed (`NotRenewed`): then it is not known whether the key is still ours,
+    // but nothing vouches for it any more, so the command is stopped all the same.
+    let unconfirmed = matches!(guard.lost_reason(), Some(LostReason::NotRenewed) | None);
+    let what = match guard.lost_reason() {
+        Some(reason) if !unconfirmed => format!("was lost ({reason})"),
+        _ => format!("can no longer be confirmed held ({UNCONFIRMED})"),
     };
     eprintln!(
-        "deadbolt: lock `{}` was lost{why}; stopping the command (SIGTERM to its process group, \
+        "deadbolt: lock `{key}` {what}; stopping the command (SIGTERM to its process group, \
          SIGKILL after {})",
-        args.key,
         human::duration(args.grace)
     );
     command.stop(args.grace).await?;
-    // Nothing to release: the lock is gone or someone else's.
-    let _ = guard.release().await;
+    // Most often nothing is left to release (the lock is gone or someone else's), but when it
+    // only could not be confirmed, the release tells.
+    let released = guard.release().await;
+    if unconfirmed && matches!(released, Ok(ReleaseOutcome::Released)) {
+        eprintln!("deadbolt: the release found lock `{key}` still ours");
+    }
     Ok(ExitCode::from(EXIT_LOCK_LOST))
 }
 
-/// Releases the lock after the command exited, saying so when it was no longer ours.
+/// Releases the lock after the command exited, saying so when it was not ours to the end: known
+/// lost, found gone or taken by the release, or no longer confirmed held.
 async fn release(args: &Args, guard: LockGuard) {
-    let lost = guard.lost_reason();
+    let key = &args.key;
+    // Known lost: a renewal found the key gone or another owner's.
+    let lost = guard
+        .lost_reason()
+        .filter(|reason| *reason != LostReason::NotRenewed);
+    // Not known lost, but its validity ran out: whether it is still ours, only the release can
+    // tell.
+    let unconfirmed = lost.is_none() && !guard.is_held();
     let released = guard.release().await;
-    let why = match (lost, &released) {
-        (Some(reason), _) => reason.to_string(),
-        (None, Ok(ReleaseOutcome::Released)) => return,
-        (None, Ok(ReleaseOutcome::AlreadyExpired)) => "its lease had expired".to_owned(),
-        (None, Ok(ReleaseOutcome::NotOwner)) => "another owner has taken it".to_owned(),
-        (None, Err(err)) => {
+    if let Some(reason) = lost {
+        eprintln!(
+            "deadbolt: lock `{key}` was lost ({reason}); the command had ended before deadbolt \
+             acted on it, so the exit status is the command's own"
+        );
+        return;
+    }
+    let found = match released {
+        Ok(ReleaseOutcome::Released) if !unconfirmed => return,
+        Ok(ReleaseOutcome::Released) => {
             eprintln!(
-                "deadbolt: cannot release lock `{}` ({}); it expires within {}",
-                args.key,
-                crate::exit::one_line(err),
-                human::duration(args.lease)
+                "deadbolt: lock `{key}` was not confirmed held by the time it was released \
+                 ({UNCONFIRMED}), but the release found it still ours"
             );
             return;
         }
+        Ok(ReleaseOutcome::AlreadyExpired) => LostReason::Expired,
+        Ok(ReleaseOutcome::NotOwner) => LostReason::Taken,
+        Err(err) => {
+            let err = crate::exit::one_line(&err);
+            let lease = human::duration(args.lease);
+            if unconfirmed {
+                eprintln!(
+                    "deadbolt: lock `{key}` was not confirmed held by the time it was released \
+                     ({UNCONFIRMED}), and the release failed ({err}); if it is still ours, it \
+                     expires within {lease}"
+                );
+            } else {
+                eprintln!(
+                    "deadbolt: cannot release lock `{key}` ({err}); it expires within {lease}"
+                );
+            }
+            return;
+        }
+    };
+    let unconfirmed = if unconfirmed {
+        format!("; {UNCONFIRMED}")
+    } else {
+        String::new()
     };
     eprintln!(
-        "deadbolt: lock `{}` was lost by the time the command ended ({why}); the exit status is \
-         the command's own",
-        args.key
+        "deadbolt: lock `{key}` was no longer ours when released after the command ended \
+         ({found}{unconfirmed}); the exit status is the command's own"
     );
 }
 

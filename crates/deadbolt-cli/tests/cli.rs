@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use deadbolt_testkit::{RedisMasters, RedisServer};
+use deadbolt_testkit::{FaultProxy, RedisMasters, RedisServer};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -225,6 +225,75 @@ fn exits_with_the_command_status() {
     .unwrap();
     assert_eq!(code(&out), 0, "{out:?}");
     assert!(!is_locked(&server, "k"));
+}
+
+/// `--fence-env` takes a variable name, and not one the command needs or a nested deadbolt
+/// reads: anything else is a usage error (2) that says why, found before a lock is taken or the
+/// command runs. The default name is in `--help`.
+#[test]
+fn fence_env_takes_only_a_variable_name_the_command_can_spare() {
+    let server = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    for (name, why) in [
+        ("=A=B", "not a variable name"),
+        ("", "not a variable name"),
+        ("1FENCE", "not a variable name"),
+        ("MY-FENCE", "not a variable name"),
+        ("FENCE ", "not a variable name"),
+        ("PATH", "the command needs PATH"),
+        ("HOME", "the command needs HOME"),
+        ("SHELL", "the command needs SHELL"),
+        ("USER", "the command needs USER"),
+        ("LD_PRELOAD", "the command needs LD_PRELOAD"),
+        ("LD_LIBRARY_PATH", "the command needs LD_LIBRARY_PATH"),
+        ("DEADBOLT_REDIS_URL", "DEADBOLT_"),
+        ("DEADBOLT_LOG", "DEADBOLT_"),
+        ("DEADBOLT_FENCE2", "DEADBOLT_"),
+    ] {
+        let flag = format!("--fence-env={name}");
+        let out = run(&server, "k", &[&flag], &["touch"])
+            .arg(&ran)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 2, "{flag}: {out:?}");
+        let stderr = stderr(&out);
+        assert!(stderr.contains(why), "{flag}: {stderr}");
+        assert!(!ran.exists(), "{flag}: the command ran");
+    }
+    // Nothing was taken, not even a fencing counter.
+    assert!(server.keys().is_empty(), "{:?}", server.keys());
+
+    // Names of the command's own are fine, as is the default, and the rest of the command's
+    // environment is left as it was.
+    let path = std::env::var("PATH").unwrap();
+    for (args, var) in [
+        (vec!["--fence-env"], "DEADBOLT_FENCE"),
+        (vec!["--fence-env", "_fence_2"], "_fence_2"),
+        (vec!["--fence-env=Path"], "Path"),
+    ] {
+        let check = format!("test -n \"${var}\" && test \"$PATH\" = \"{path}\"");
+        let out = run(&server, "k", &args, &["sh", "-c", &check])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{args:?}: {out:?}");
+    }
+
+    let out = deadbolt().args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    // The option's line, and the lines of its text under it, up to the next option.
+    let fence_env: Vec<&str> = help
+        .lines()
+        .skip_while(|line| !line.trim_start().starts_with("--fence-env"))
+        .enumerate()
+        .take_while(|(i, line)| *i == 0 || !line.trim_start().starts_with('-'))
+        .map(|(_, line)| line)
+        .collect();
+    let fence_env = fence_env.join("\n");
+    assert!(
+        fence_env.contains("DEADBOLT_FENCE"),
+        "the default name is not in --help: {help}"
+    );
 }
 
 #[test]
@@ -714,13 +783,190 @@ fn a_command_that_ended_while_deadbolt_was_stopped_keeps_its_status() {
     for (i, (child, _)) in trials.into_iter().enumerate() {
         let out = wait_with_limit(child, Duration::from_secs(5));
         assert_eq!(code(&out), 3, "trial {i}: {out:?}");
-        let stderr = stderr(&out);
+        // The key expired: the watchdog found it gone, or the release did.
+        let said = own_lines(&out);
         assert!(
-            stderr.contains("was lost by the time the command ended"),
-            "trial {i}: {stderr}"
+            said.contains(&format!("lock `k{i}` was "))
+                && said.contains("its key was gone")
+                && said.contains("the exit status is the command's own"),
+            "trial {i}: {said}"
         );
     }
     assert!(token_keys(&server).is_empty(), "{:?}", token_keys(&server));
+}
+
+/// The lock key's remaining TTL in ms, as Redis sees it (negative when there is no key).
+fn pttl(server: &RedisServer, key: &str) -> i64 {
+    redis_cmd(server, &["PTTL", &format!("deadbolt:{{{key}}}")])
+}
+
+/// Waits until a renewal of `key` lands in Redis (its TTL goes up), at most 5 s.
+fn wait_renewed(server: &RedisServer, key: &str) {
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut last = pttl(server, key);
+    loop {
+        assert!(Instant::now() < end, "no renewal of {key} landed");
+        std::thread::sleep(Duration::from_millis(5));
+        let now = pttl(server, key);
+        if now > last + 50 {
+            return;
+        }
+        last = now;
+    }
+}
+
+/// The lines deadbolt itself wrote to stderr ("deadbolt: …"), without log lines.
+fn own_lines(out: &Output) -> String {
+    stderr(out)
+        .lines()
+        .filter(|line| line.starts_with("deadbolt: "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A lock whose renewals land in Redis but whose replies never reach deadbolt is one deadbolt
+/// cannot vouch for once its validity runs out, though it is not lost: the key is still ours.
+/// When the command ends meanwhile (here while deadbolt is stopped), deadbolt says just that,
+/// not that the lock was lost, and the exit status is the command's own.
+#[test]
+fn a_lock_that_could_not_be_confirmed_is_not_called_lost() {
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(&server).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (pid_file, go) = (dir.path().join("pid"), dir.path().join("go"));
+    let script = format!(
+        "echo $$ > {pid}.tmp; mv {pid}.tmp {pid}; while [ ! -e {go} ]; do sleep 0.02; done; exit 3",
+        pid = pid_file.display(),
+        go = go.display()
+    );
+    let mut cmd = deadbolt();
+    // A 3 s lease, renewed every second; validity ends 32 ms before the TTL set by the same
+    // renewal would.
+    cmd.args([
+        "run",
+        "--redis",
+        &proxy.url(),
+        "--key",
+        "k",
+        "--lease",
+        "3s",
+    ])
+    .args(["--", "sh", "-c", &script])
+    .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let deadbolt_pid = Pid::from_raw(child.id() as i32);
+    wait_for_file(&pid_file);
+    let command = pids_in(&pid_file)[0];
+    // Shortly before a renewal is due (they come a second apart), Redis goes on running every
+    // command but deadbolt hears of none: that renewal lands (the key's TTL is a full lease
+    // from then) while the validity deadbolt knows of still counts from the one before. Only
+    // replies missing for a second would make deadbolt replace its connection, and the new one
+    // could not carry the renewal.
+    wait_renewed(&server, "k");
+    std::thread::sleep(Duration::from_millis(800));
+    proxy.drop_replies();
+    wait_renewed(&server, "k");
+    let renewed = Instant::now();
+    kill(deadbolt_pid, Signal::SIGSTOP).unwrap();
+    std::fs::write(&go, "").unwrap();
+    let end = Instant::now() + Duration::from_secs(2);
+    while alive(command) {
+        assert!(Instant::now() < end, "the command did not end");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Past the validity (some 2 s after the last landed renewal), before the TTL runs out (3 s).
+    std::thread::sleep(
+        (renewed + Duration::from_millis(2500)).saturating_duration_since(Instant::now()),
+    );
+    let ttl = pttl(&server, "k");
+    assert!(
+        ttl > 200,
+        "the test was too slow: the key has {ttl} ms left"
+    );
+    proxy.heal();
+    kill(deadbolt_pid, Signal::SIGCONT).unwrap();
+    let out = wait_with_limit(child, Duration::from_secs(10));
+    assert_eq!(code(&out), 3, "{out:?}");
+    let said = own_lines(&out);
+    assert!(!said.contains("lost"), "{said}");
+    assert!(said.contains("lock `k` was not confirmed held"), "{said}");
+}
+
+/// The same while the command runs: deadbolt cannot vouch for the lock, so it stops the command
+/// and exits 76, saying the lock could not be confirmed rather than that it was lost; and once
+/// Redis answers again, the release tells that it was still ours.
+#[test]
+fn a_lock_that_could_not_be_confirmed_stops_the_command_but_is_not_called_lost() {
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(&server).unwrap();
+    let mut cmd = deadbolt();
+    // The command takes 300 ms to exit on SIGTERM: Redis answers again by the release.
+    cmd.args([
+        "run",
+        "--redis",
+        &proxy.url(),
+        "--key",
+        "k",
+        "--lease",
+        "3s",
+    ])
+    .args([
+        "--",
+        "sh",
+        "-c",
+        "trap 'sleep 0.3; exit 1' TERM; sleep 30 & wait",
+    ])
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let _ = tx.send(line.unwrap());
+        }
+    });
+    wait_locked(&server, "k");
+    // As above: a renewal lands that deadbolt never hears of.
+    wait_renewed(&server, "k");
+    std::thread::sleep(Duration::from_millis(800));
+    proxy.drop_replies();
+    wait_renewed(&server, "k");
+    let mut said = Vec::new();
+    while !said
+        .iter()
+        .any(|l: &String| l.contains("stopping the command"))
+    {
+        match lines.recv_timeout(Duration::from_secs(5)) {
+            Ok(line) => said.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the command was not stopped: {said:?}");
+            }
+        }
+    }
+    proxy.heal();
+    let out = wait_with_limit(child, Duration::from_secs(10));
+    // Until the reader reaches the end of stderr.
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(5)) {
+        said.push(line);
+    }
+    let said: Vec<String> = said
+        .into_iter()
+        .filter(|l| l.starts_with("deadbolt: "))
+        .collect();
+    assert_eq!(code(&out), 76, "{said:?}");
+    assert!(
+        said[0].starts_with("deadbolt: lock `k` can no longer be confirmed held"),
+        "{said:?}"
+    );
+    assert!(!said.iter().any(|l| l.contains("lost")), "{said:?}");
+    assert!(
+        said.iter()
+            .any(|l| l == "deadbolt: the release found lock `k` still ours"),
+        "{said:?}"
+    );
+    assert!(!is_locked(&server, "k"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -752,6 +998,53 @@ fn redis_going_away_during_the_wait_is_a_failure_not_contention() {
         assert!(!stderr.contains("timed out after"), "{stderr}");
         assert!(stderr.contains(&server.addr()), "{stderr}");
     }
+}
+
+/// Redis dies (SIGKILL) 1 s into a 5 s wait for a lock another process holds: `--wait` bounds
+/// the whole run, clean-up included (with Redis gone the lease is the only clean-up left), and
+/// the outage is told in deadbolt's own error line, with no log line at the default level.
+#[test]
+fn redis_killed_during_the_wait_ends_the_run_within_the_wait() {
+    let mut server = RedisServer::start().unwrap();
+    let mut holder = run(&server, "k", &[], &["sleep", "30"])
+        .process_group(0)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_locked(&server, "k");
+    let start = Instant::now();
+    let child = run(&server, "k", &["--wait", "5s"], &["true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Waiting for real: subscribed to the lock's release channel.
+    let end = start + Duration::from_secs(1);
+    loop {
+        let subscribed: Vec<redis::Value> =
+            redis_cmd(&server, &["PUBSUB", "NUMSUB", "deadbolt:{k}:released"]);
+        if subscribed.get(1) == Some(&redis::Value::Int(1)) {
+            break;
+        }
+        assert!(Instant::now() < end, "the waiter never subscribed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(end.saturating_duration_since(Instant::now()));
+    server.kill();
+    let out = wait_with_limit(child, Duration::from_secs(15));
+    let took = start.elapsed();
+    kill_group(&holder);
+    holder.wait().unwrap();
+    assert_eq!(code(&out), 70, "{out:?}");
+    assert!(
+        took < Duration::from_millis(5500),
+        "took {took:?} with --wait 5s"
+    );
+    let stderr = stderr(&out);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("deadbolt: ") && stderr.contains(&server.addr()),
+        "{stderr}"
+    );
 }
 
 /// A waiter whose `--wait` runs out leaves no lock behind: not while a peer holds the key the

@@ -485,8 +485,12 @@ async fn heartbeat(
                 silent[i] = false;
                 continue;
             }
+            // Debug, not a warning: the connection is repaired here, and what an outage costs
+            // reaches the caller through the API (an acquisition's error, a lost lock). While
+            // Redis is down, a ping on the pub/sub connection (whose manager reconnects forever)
+            // can only time out, so this would restate every outage.
             if !std::mem::replace(&mut silent[i], true) {
-                tracing::warn!(%addr, "the {what} connection did not answer a ping within {limit:?}; reconnecting");
+                tracing::debug!(%addr, "the {what} connection did not answer a ping within {limit:?}; reconnecting");
             }
             if i == 0 {
                 commands.replace();
