@@ -1579,7 +1579,7 @@ fn several_servers_sharded_and_from_the_environment() {
         ),
         (
             vec!["--redis", urls[0].as_str(), "--redis", urls[0].as_str()],
-            "is given twice",
+            "are the same server",
         ),
     ] {
         let out = deadbolt()
