@@ -95,6 +95,16 @@ pub(crate) struct Args {
     /// Key prefix of the run's keys (locks, fencing counters, the resource); deleted after
     #[arg(long, default_value = "deadbolt-check")]
     key_prefix: String,
+    /// Run the workload in this many OS processes (this one and N − 1 children), all
+    /// recording into one history
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=32))]
+    processes: u16,
+    /// A child of --processes: run the workload only, appending to --history
+    #[arg(long, hide = true, requires = "history")]
+    worker: Option<u16>,
+    /// Where fenced writes go (a child of --processes on private servers)
+    #[arg(long, hide = true, value_name = "URL")]
+    resource: Option<String>,
 }
 
 const AFTER_HELP: &str = "\
@@ -119,6 +129,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     if args.multi.is_some_and(|k| k > args.names) {
         return Err(usage("--multi takes more names than --names gives"));
     }
+    if let Some(index) = args.worker {
+        return worker(&args, index).await.map(|()| true);
+    }
     // The servers: private ones behind proxies, or the user's.
     let private = match args.private {
         Some(mode) => Some(Private::start(mode).context("cannot start the private servers")?),
@@ -139,7 +152,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         History::create(&path).with_context(|| format!("cannot write {}", path.display()))?,
     );
     let resource = private.as_ref().map(|p| p.resource.url());
-    let workload = Workload::new(&args, &topology, history.clone(), resource.as_deref()).await?;
+    let workload = Workload::new(&args, &topology, history.clone(), resource.as_deref(), 0).await?;
+    // Memory after the warm-up (a sixth of the run) against memory at the end: a leak per
+    // acquisition shows as growth between the two.
+    let warm = args.duration / 6;
+    let rss_warm = tokio::spawn(async move {
+        tokio::time::sleep(warm).await;
+        rss_kib()
+    });
+    let children = (1..args.processes)
+        .map(|i| spawn_worker(&args, &topology, &path, resource.as_deref(), i))
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     // Faults run on a thread of their own, bounded by the run's duration.
     let stop = Arc::new(AtomicBool::new(false));
@@ -164,19 +187,31 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         thread.thread().unpark();
         let _ = thread.join();
     }
-    let done = done?;
+    let mut done = done?;
+    for child in children {
+        done += child.finish(args.duration).await?;
+    }
+    let rss_end = rss_kib();
+    let rss_warm = rss_warm.await.ok().flatten();
     let left = workload.clean_up().await?;
 
     let records = history::read(&path).context("cannot read the history back")?;
     let report = history::check(&records);
     println!(
-        "{done} acquisitions in {:.1}s over {} names, {} clients × {} tasks",
+        "{done} acquisitions in {:.1}s over {} names, {} process(es) × {} clients × {} tasks",
         started.elapsed().as_secs_f64(),
         args.names,
+        args.processes,
         args.clients,
         args.tasks
     );
     print!("{report}");
+    if let (Some(warm_rss), Some(end)) = (rss_warm, rss_end) {
+        println!(
+            "client rss: {warm_rss} KiB after {:.1}s, {end} KiB at the end (this process)",
+            warm.as_secs_f64()
+        );
+    }
     if !left.is_empty() {
         println!("lock keys left after the run: {}", left.join(", "));
     }
@@ -188,6 +223,100 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         eprintln!("deadbolt: history in {}", path.display());
     }
     Ok(report.is_ok() && left.is_empty())
+}
+
+/// A child of `--processes`: the workload only, recorded into the parent's history. Prints
+/// how many acquisitions it made, for the parent to add up.
+async fn worker(args: &Args, index: u16) -> anyhow::Result<()> {
+    let topology = args.servers.target()?.topology;
+    let path = args.history.as_ref().expect("clap requires --history");
+    let history = Arc::new(
+        History::append(path).with_context(|| format!("cannot append to {}", path.display()))?,
+    );
+    let workload = Workload::new(args, &topology, history, args.resource.as_deref(), index).await?;
+    let done = workload.run(args.duration, None).await?;
+    println!("{done}");
+    Ok(())
+}
+
+/// A child process of `--processes`.
+struct Child(tokio::process::Child);
+
+/// Starts child `index`, with this run's servers and workload.
+fn spawn_worker(
+    args: &Args,
+    topology: &crate::connect::Topology,
+    history: &std::path::Path,
+    resource: Option<&str>,
+    index: u16,
+) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("cannot find this program to start a child")?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("check")
+        .args(topology.to_args())
+        .arg("--worker")
+        .arg(index.to_string())
+        .arg("--history")
+        .arg(history);
+    if let Some(resource) = resource {
+        cmd.arg("--resource").arg(resource);
+    }
+    let duration = humantime::format_duration(args.duration).to_string();
+    for (flag, value) in [
+        ("--clients", args.clients.to_string()),
+        ("--tasks", args.tasks.to_string()),
+        ("--names", args.names.to_string()),
+        ("--duration", duration),
+        (
+            "--watchdog",
+            humantime::format_duration(args.watchdog).to_string(),
+        ),
+        ("--wait", humantime::format_duration(args.wait).to_string()),
+        ("--hold", humantime::format_duration(args.hold).to_string()),
+        ("--key-prefix", args.key_prefix.clone()),
+    ] {
+        cmd.arg(flag).arg(value);
+    }
+    if let Some(lease) = args.lease {
+        cmd.arg("--lease")
+            .arg(humantime::format_duration(lease).to_string());
+    }
+    if let Some(k) = args.multi {
+        cmd.arg("--multi").arg(k.to_string());
+    }
+    for (on, flag) in [(args.fenced, "--fenced"), (args.extend, "--extend")] {
+        if on {
+            cmd.arg(flag);
+        }
+    }
+    cmd.stdout(std::process::Stdio::piped()).kill_on_drop(true);
+    Ok(Child(cmd.spawn().context("cannot start a child process")?))
+}
+
+impl Child {
+    /// Waits for the child (bounded: its duration and a minute), and returns its count.
+    async fn finish(self, duration: Duration) -> anyhow::Result<u64> {
+        let out = tokio::time::timeout(
+            duration + Duration::from_secs(60),
+            self.0.wait_with_output(),
+        )
+        .await
+        .context("a child process did not finish in time")??;
+        if !out.status.success() {
+            bail!("a child process failed: {}", out.status);
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim()
+            .parse()
+            .with_context(|| format!("a child process printed `{}`", text.trim()))
+    }
+}
+
+/// This process's resident set size, from `/proc/self/status`.
+fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Starts the fault schedule on a thread over the private servers' faultable proxies, and

@@ -210,3 +210,43 @@ fn check_refuses_bad_input() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
     }
 }
+
+/// The soak: 1000 tasks over 100 names in 4 processes (4 × 5 clients × 50 tasks), under
+/// faults, for `DEADBOLT_SOAK_SECS` (60 by default): no violation, no key left, and the
+/// client's memory after the warm-up does not grow by the end.
+#[test]
+fn soak_of_1000_tasks_over_100_names_in_4_processes() {
+    let secs: u64 = std::env::var("DEADBOLT_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let out = deadbolt()
+        .args(["check", "--private", "single", "--faults", "--seed", "31"])
+        .args([
+            "--processes",
+            "4",
+            "--clients",
+            "5",
+            "--tasks",
+            "50",
+            "--names",
+            "100",
+        ])
+        .args(["--hold", "2ms", "--duration", &format!("{secs}s")])
+        .output()
+        .unwrap();
+    let text = text(&out);
+    println!("{text}");
+    assert!(out.status.success(), "{:?}\n{text}", out.status);
+    assert!(text.contains("violations: 0"), "{text}");
+    let line = text.lines().find(|l| l.starts_with("client rss:")).unwrap();
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (warm, end) = (numbers[0], numbers[1]);
+    assert!(
+        end <= warm + warm / 4 + 8 * 1024,
+        "client memory grew from {warm} KiB to {end} KiB"
+    );
+}

@@ -273,6 +273,12 @@ impl Conn {
         self.replace();
     }
 
+    /// A command got no reply in time: the connection is no longer known to be up, until its
+    /// next heartbeat answers.
+    pub(crate) fn saw_silence(&self) {
+        self.shared.up.store(false, Ordering::Relaxed);
+    }
+
     /// Whether the server answers a `PING` within `limit`.
     pub(crate) async fn ping(&self, limit: Duration) -> PingOutcome {
         let mut conn = self.get();

@@ -19,7 +19,7 @@ mod quorum;
 
 pub(crate) use mint::{Minted, mint};
 pub(crate) use quorum::attempt_quorum;
-use quorum::{join_until, no_quorum, release_until, settled, vote_of};
+use quorum::{answered_if_up, join_until, no_quorum, release_until, vote_of};
 
 use crate::error::{Error, Result, Vote, is_transient};
 use crate::key::fence_key;
@@ -318,19 +318,14 @@ async fn release_quorum(
     call: redis::Cmd,
     limit: Duration,
 ) -> Result<i64> {
+    // Over once every node known to be up answered; the others finish in the background.
+    let up: Vec<bool> = nodes.iter().map(|n| n.conn.is_up()).collect();
     let codes = release_until(
         nodes,
         (0..nodes.len()).collect(),
         Arc::new(call),
         Instant::now() + limit,
-        |r| {
-            let released = r.iter().filter(|c| matches!(c, Some(Ok(1..)))).count();
-            let not = r
-                .iter()
-                .filter(|c| matches!(c, Some(Ok(..=0) | Err(_))))
-                .count();
-            settled(r.len(), released, not)
-        },
+        move |r| r.iter().zip(&up).all(|(reply, up)| reply.is_some() || !up),
     )
     .await;
     let codes: Vec<redis::RedisResult<i64>> = codes
@@ -404,24 +399,19 @@ pub(crate) async fn renew<'a>(
     };
     let replies: Vec<Option<Vec<i64>>> = match place {
         Placement::One(_) => join_all(nodes.iter().map(renew_on)).await,
-        // Over once every lock's outcome is settled by a majority.
-        Placement::Quorum => join_until(Instant::now() + limit, nodes.iter().map(renew_on), |r| {
-            (0..locks.len()).all(|i| {
-                let ours = r
-                    .iter()
-                    .filter(|c| matches!(c, Some(Some(c)) if c[i] == 1))
-                    .count();
-                let not = r
-                    .iter()
-                    .filter(|c| matches!(c, Some(None)) || matches!(c, Some(Some(c)) if c[i] != 1))
-                    .count();
-                settled(r.len(), ours, not)
+        // Over once every node known to be up answered.
+        Placement::Quorum => {
+            let replies = join_until(Instant::now() + limit, nodes.iter().map(renew_on), |r| {
+                answered_if_up(nodes, r)
             })
-        })
-        .await
-        .into_iter()
-        .map(Option::flatten)
-        .collect(),
+            .await;
+            for (node, reply) in nodes.iter().zip(&replies) {
+                if reply.is_none() {
+                    node.conn.saw_silence();
+                }
+            }
+            replies.into_iter().map(Option::flatten).collect()
+        }
     };
     let needed = quorum(nodes.len());
     (0..locks.len())

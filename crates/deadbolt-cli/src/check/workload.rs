@@ -37,6 +37,8 @@ pub(super) struct Workload {
     /// One connection per server, for the key check after the run (none on a Cluster).
     servers: Vec<Connection>,
     tasks: usize,
+    /// Which process of the run this is (0: the parent), so each task's stream differs.
+    process: u64,
     plan: Plan,
 }
 
@@ -47,6 +49,7 @@ impl Workload {
         topology: &Topology,
         history: Arc<History>,
         resource_url: Option<&str>,
+        process: u16,
     ) -> anyhow::Result<Workload> {
         super::prefix_ok(&args.key_prefix)?;
         let mut clients = Vec::with_capacity(usize::from(args.clients));
@@ -74,6 +77,7 @@ impl Workload {
             resource,
             servers,
             tasks: usize::from(args.tasks),
+            process: u64::from(process),
             plan: Plan {
                 wait: args.wait,
                 lease: args.lease,
@@ -102,7 +106,7 @@ impl Workload {
                     history: self.history.clone(),
                     resource: self.resource.clone(),
                     plan: self.plan,
-                    rng: Rng::new((c * 1000 + t) as u64 + 1),
+                    rng: Rng::new((self.process << 32) + (c * 1000 + t) as u64 + 1),
                 };
                 let (done, stop) = (done.clone(), stop.clone());
                 tasks.spawn(

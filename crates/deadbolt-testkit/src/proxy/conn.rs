@@ -53,6 +53,7 @@ pub(super) fn open(shared: &Arc<Shared>, client: TcpStream) {
         upstream,
         lines: [Line::default(), Line::default()],
         lost_bytes: AtomicBool::new(false),
+        holes: [AtomicBool::new(false), AtomicBool::new(false)],
         aborted: AtomicBool::new(false),
     });
     {
@@ -86,6 +87,8 @@ pub(super) struct Conn {
     lines: [Line; 2],
     /// A blackhole or dropped replies swallowed some of its bytes.
     pub(super) lost_bytes: AtomicBool,
+    /// Per [`Dir`]: bytes of that direction were swallowed, so none after them is sent.
+    holes: [AtomicBool; 2],
     aborted: AtomicBool,
 }
 
@@ -206,7 +209,11 @@ fn write_loop(conn: &Conn, dir: Dir) {
     while let Some(chunk) = conn.lines[dir as usize].pop() {
         let reset_after = {
             let st = conn.shared.lock();
-            if st.mode.swallows(dir) {
+            // Once bytes of a direction were swallowed, its stream has a hole: nothing after it
+            // may reach the peer, even after the fault ended and before the reset that ending
+            // it brings (a client would match a later reply to an earlier request).
+            if st.mode.swallows(dir) || conn.holes[dir as usize].load(Ordering::SeqCst) {
+                conn.holes[dir as usize].store(true, Ordering::SeqCst);
                 conn.lost_bytes.store(true, Ordering::SeqCst);
                 if chunk.is_none() {
                     return;

@@ -44,18 +44,14 @@ pub(crate) async fn attempt_quorum(
     let write = TryWrite::new(key, token, how);
     let sent = Instant::now();
     let tries = nodes.iter().map(|n| try_on(n, &write, how));
-    let replies = join_until(sent + limit, tries, |r| {
-        let won = r
-            .iter()
-            .filter(|r| matches!(r, Some(Ok(Attempt::Acquired { .. }))))
-            .count();
-        let against = r
-            .iter()
-            .filter(|r| matches!(r, Some(Ok(Attempt::Held(_)) | Err(_))))
-            .count();
-        settled(r.len(), won, against)
-    })
-    .await;
+    let replies = join_until(sent + limit, tries, |r| answered_if_up(nodes, r)).await;
+    // A node that did not answer in time is no longer counted as up: the next steps do not
+    // wait for it until its heartbeat answers again.
+    for (node, reply) in nodes.iter().zip(&replies) {
+        if reply.is_none() {
+            node.conn.saw_silence();
+        }
+    }
     let replies: Vec<Result<Attempt>> = nodes
         .iter()
         .zip(replies)
@@ -197,11 +193,14 @@ pub(super) async fn release_until(
     done.iter_mut().map(Option::take).collect()
 }
 
-/// Whether the replies so far decide a vote of `n` nodes: `yes` of them for, `no` against
-/// (including failures); a majority either way, or no majority possible any more.
-pub(super) fn settled(n: usize, yes: usize, no: usize) -> bool {
-    let needed = quorum(n);
-    yes >= needed || no > n - needed
+/// Whether every node of `nodes` that is known to be up has answered (`replies` in the same
+/// order): a quorum step waits for those, as Redlock does, so a lock is taken and renewed on
+/// every live node; a node that is down or silent (see `Conn::is_up`) costs it nothing.
+pub(super) fn answered_if_up<T>(nodes: &[Node], replies: &[Option<T>]) -> bool {
+    nodes
+        .iter()
+        .zip(replies)
+        .all(|(node, reply)| reply.is_some() || !node.conn.is_up())
 }
 
 /// The vote of a node whose step failed.
