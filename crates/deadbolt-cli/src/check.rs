@@ -12,6 +12,9 @@
 //! servers behind fault proxies, and `--faults` injects a seeded schedule of network faults
 //! (replies held or dropped after the command ran, resets right after a request, latency
 //! spikes, blackholes) into them; a failing seed replays with `--seed`.
+//!
+//! `--processes N` spreads the workload over N OS processes recording into one history (the
+//! soak); `--hold-many N` measures the watchdog instead: one client keeping N locks.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +28,7 @@ use deadbolt_testkit::{FaultProxy, FaultSchedule};
 use crate::embedded::PrivateTopologyArgs;
 use crate::exit::usage;
 
+mod hold;
 mod plot;
 mod private;
 mod workload;
@@ -99,6 +103,11 @@ pub(crate) struct Args {
     /// recording into one history
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=32))]
     processes: u16,
+    /// Instead of the workload: take this many locks with one client, keep them for
+    /// --duration under watchdog renewal (--watchdog lease), and report the client's CPU, the
+    /// renewal round trips and any lock lost
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    hold_many: Option<u32>,
     /// A child of --processes: run the workload only, appending to --history
     #[arg(long, hide = true, requires = "history")]
     worker: Option<u16>,
@@ -142,6 +151,19 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         None => args.servers.target()?.topology,
     };
     eprintln!("deadbolt: checking {}", topology.describe());
+    if let Some(n) = args.hold_many {
+        prefix_ok(&args.key_prefix)?;
+        let (lease, prefix) = (args.watchdog, &args.key_prefix);
+        return hold::run(
+            &topology,
+            private.as_ref(),
+            n as usize,
+            lease,
+            args.duration,
+            prefix,
+        )
+        .await;
+    }
 
     let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
     let path = args

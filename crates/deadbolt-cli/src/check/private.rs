@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use deadbolt_testkit::{FaultProxy, RedisServer, redis_server_available};
+use deadbolt_testkit::{FaultProxy, RedisCluster, RedisServer, redis_server_available};
 
 use crate::connect::{Redis, Topology};
 
@@ -19,6 +19,9 @@ pub(crate) enum PrivateMode {
     Redlock3,
     /// A Redlock over five masters.
     Redlock5,
+    /// A Redis Cluster of 3 masters and 3 replicas (not behind proxies: its nodes announce
+    /// their own addresses, so it takes no network faults).
+    Cluster,
 }
 
 /// The private servers of a run; they stop when dropped, and die with this process.
@@ -26,7 +29,9 @@ pub(crate) enum PrivateMode {
 pub(crate) struct Private {
     mode: PrivateMode,
     /// Held for their lifetime: the proxies forward to them.
-    _servers: Vec<RedisServer>,
+    servers: Vec<RedisServer>,
+    /// The private Cluster, for `cluster`.
+    cluster: Option<RedisCluster>,
     proxies: Vec<Arc<FaultProxy>>,
     /// The resource's server, not behind a proxy.
     pub(crate) resource: RedisServer,
@@ -41,10 +46,26 @@ impl Private {
                  `sudo apt-get install -y redis-server`"
             );
         }
+        if mode == PrivateMode::Cluster {
+            let cluster = RedisCluster::start().context("cannot start a private Redis Cluster")?;
+            let resource = RedisServer::start().context("cannot start redis-server")?;
+            eprintln!(
+                "deadbolt: started a private Redis Cluster of 6 redis-servers and one server for \
+                 the resource"
+            );
+            return Ok(Private {
+                mode,
+                servers: Vec::new(),
+                cluster: Some(cluster),
+                proxies: Vec::new(),
+                resource,
+            });
+        }
         let n = match mode {
             PrivateMode::Single => 1,
             PrivateMode::Sharded | PrivateMode::Redlock3 => 3,
-            PrivateMode::Redlock5 => 5,
+            // (A Cluster returned above.)
+            PrivateMode::Redlock5 | PrivateMode::Cluster => 5,
         };
         let servers = (0..n)
             .map(|_| RedisServer::start())
@@ -65,23 +86,38 @@ impl Private {
         );
         Ok(Private {
             mode,
-            _servers: servers,
+            servers,
+            cluster: None,
             proxies,
             resource,
         })
     }
 
+    /// The lock servers themselves (not the proxies), for their command counts: the Cluster's
+    /// masters and replicas, or every server.
+    pub(crate) fn servers(&self) -> &[RedisServer] {
+        match &self.cluster {
+            Some(cluster) => cluster.nodes(),
+            None => &self.servers,
+        }
+    }
+
     /// The deployment as clients see it: through the proxies.
     pub(crate) fn topology(&self) -> anyhow::Result<Topology> {
-        let nodes = self
-            .proxies
-            .iter()
-            .map(|p| Redis::given(&p.url()))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let given = |urls: Vec<String>| {
+            urls.iter()
+                .map(|u| Redis::given(u))
+                .collect::<anyhow::Result<Vec<_>>>()
+        };
+        let mut nodes = given(self.proxies.iter().map(|p| p.url()).collect())?;
         Ok(match self.mode {
-            PrivateMode::Single => Topology::Single(nodes.into_iter().next().expect("one node")),
+            PrivateMode::Single => Topology::Single(nodes.remove(0)),
             PrivateMode::Sharded => Topology::Sharded(nodes),
             PrivateMode::Redlock3 | PrivateMode::Redlock5 => Topology::Redlock(nodes),
+            PrivateMode::Cluster => {
+                let urls = self.cluster.as_ref().map(RedisCluster::urls);
+                Topology::Cluster(given(urls.unwrap_or_default())?)
+            }
         })
     }
 
@@ -91,6 +127,7 @@ impl Private {
         let n = match self.mode {
             PrivateMode::Single | PrivateMode::Sharded => self.proxies.len(),
             PrivateMode::Redlock3 | PrivateMode::Redlock5 => (self.proxies.len() - 1) / 2,
+            PrivateMode::Cluster => 0,
         };
         self.proxies[..n].to_vec()
     }
