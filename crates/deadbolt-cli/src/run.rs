@@ -129,6 +129,33 @@ fn fence_env_name(name: &str) -> Result<String, String> {
     Ok(name.to_owned())
 }
 
+/// Connects to the lock's servers. Behind Sentinels, the master they name may be down while
+/// they fail over (a new master is named within seconds): a master that does not answer is
+/// asked for again until `deadline`, so the wait covers the failover. Elsewhere, a server that
+/// does not answer fails at once (70): nothing names another one.
+async fn connect_within(
+    redis: &connect::Topology,
+    prefix: &str,
+    deadline: Option<Instant>,
+) -> anyhow::Result<deadbolt::Client> {
+    let sentinel = redis.nodes()[0].url.starts_with("redis+sentinel://");
+    while sentinel && deadline.is_some_and(|d| Instant::now() + SENTINEL_RETRY < d) {
+        match redis.builder().key_prefix(prefix).connect().await {
+            Ok(client) => return Ok(client),
+            Err(Error::Connect { .. } | Error::Unavailable { .. }) => {
+                tokio::time::sleep(SENTINEL_RETRY).await;
+            }
+            // Wrong credentials, an unknown master name: asking again will not help.
+            Err(_) => break,
+        }
+    }
+    // Once more, with the error explained.
+    redis.client(prefix).await
+}
+
+/// How often a master the Sentinels name is tried again while it does not answer.
+const SENTINEL_RETRY: Duration = Duration::from_millis(200);
+
 /// Runs `deadbolt run`, returning the exit code to leave with.
 ///
 /// # Errors
@@ -143,8 +170,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // wait too long for the clock is refused by the library, as any wait over a day.)
     crate::exit::set_deadline(Instant::now().checked_add(args.wait));
     let redis = args.redis.resolve()?;
+    let deadline = Instant::now().checked_add(args.wait);
     let waiting = async {
-        let client = redis.client(&args.key_prefix).await?;
+        let client = connect_within(&redis, &args.key_prefix, deadline).await?;
         // Fenced: every run gets a token (shown by `status`, passed with --fence-env) at no
         // extra round trip.
         let acquire = client

@@ -2049,3 +2049,32 @@ fn cluster_and_sentinel_flags() {
         .unwrap();
     assert_eq!(code(&out), 70, "{out:?}");
 }
+
+/// A new `run` against Sentinels whose master was just killed keeps asking them within its
+/// wait, and runs the command on the master they promote, instead of failing at once while they
+/// still name the dead one.
+#[test]
+fn a_run_during_a_sentinel_failover_waits_for_the_new_master() {
+    let mut sentinels = deadbolt_testkit::RedisSentinels::start().unwrap();
+    let hosts: Vec<String> = sentinels.sentinels().iter().map(|s| s.addr()).collect();
+    let spec = format!("{}/{}", hosts.join(","), sentinels.master_name());
+    sentinels.kill_master();
+    let start = Instant::now();
+    let out = deadbolt()
+        .args([
+            "run",
+            "--sentinel",
+            &spec,
+            "--key",
+            "failover",
+            "--wait",
+            "15s",
+            "--",
+        ])
+        .args(["true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    println!("ran after {:?}", start.elapsed());
+    sentinels.wait_for_failover(Duration::from_secs(5)).unwrap();
+}
