@@ -194,6 +194,26 @@ impl NodeView {
     }
 }
 
+/// Why a server gave no reply: a connection that is refused (nothing listens; the client's
+/// own connection keeps retrying, so its command only times out) is told from silence.
+async fn silent(url: &str) -> String {
+    use redis::IntoConnectionInfo as _;
+    let silence = format!("no reply within {}", human::duration(NODE_TIMEOUT));
+    let Ok(info) = url.into_connection_info() else {
+        return silence;
+    };
+    let (host, port) = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => (host, port),
+        redis::ConnectionAddr::TcpTls { host, port, .. } => (host, port),
+        _ => return silence,
+    };
+    let probe = tokio::net::TcpStream::connect((host.as_str(), *port));
+    match tokio::time::timeout(Duration::from_millis(500), probe).await {
+        Ok(Err(err)) => format!("cannot connect: {err}"),
+        _ => silence,
+    }
+}
+
 /// Asks every server, at once, what its copy of `key` holds. `owner` in each view says whether
 /// the server's holder is the one the majority (`info`) names.
 async fn node_views(
@@ -202,7 +222,8 @@ async fn node_views(
     key: &str,
     info: &LockInfo,
 ) -> Vec<NodeView> {
-    let asks = client.connections().into_iter().map(|mut conn| async move {
+    let nodes = client.connections().into_iter().zip(redis.nodes());
+    let asks = nodes.map(|(mut conn, node)| async move {
         let mut pipe = redis::pipe();
         pipe.pttl(key).get(key);
         let reply = tokio::time::timeout(
@@ -211,7 +232,7 @@ async fn node_views(
         )
         .await;
         match reply {
-            Err(_) => Err(format!("no reply within {}", human::duration(NODE_TIMEOUT))),
+            Err(_) => Err(silent(&node.url).await),
             Ok(Err(err)) => Err(crate::exit::one_line(&err)),
             Ok(Ok((pttl, owner))) => Ok(NodeState {
                 locked: pttl != -2,

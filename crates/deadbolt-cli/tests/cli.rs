@@ -1518,6 +1518,19 @@ fn status_across_five_redlock_nodes() {
     );
     kill_group(&holder);
     holder.wait().unwrap();
+
+    // A server that refuses connections is said to, not to be silent.
+    let mut masters = masters;
+    masters.servers_mut()[2].kill();
+    let down = status_json(&urls, &[], "k");
+    let error = down["nodes"][2]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        error.contains("cannot connect") && error.contains("refused"),
+        "{down}"
+    );
 }
 
 /// `--sharded` puts a lock on one server only; a comma-separated `DEADBOLT_REDIS_URL` is a list;
