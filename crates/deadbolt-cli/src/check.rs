@@ -80,6 +80,10 @@ pub(crate) struct Args {
     /// The longest a holder holds (each hold is random up to this)
     #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
     hold: Duration,
+    /// Hold each lock until 5 ms before the end of the validity it was acquired with, instead
+    /// of --hold: a holder that claims more validity than the key has then overlaps the next
+    #[arg(long)]
+    hold_to_end: bool,
     /// Mint the fencing token with each acquisition (else on first use, for the write)
     #[arg(long)]
     fenced: bool,
@@ -306,7 +310,11 @@ fn spawn_worker(
     if let Some(k) = args.multi {
         cmd.arg("--multi").arg(k.to_string());
     }
-    for (on, flag) in [(args.fenced, "--fenced"), (args.extend, "--extend")] {
+    for (on, flag) in [
+        (args.fenced, "--fenced"),
+        (args.extend, "--extend"),
+        (args.hold_to_end, "--hold-to-end"),
+    ] {
         if on {
             cmd.arg(flag);
         }

@@ -413,6 +413,21 @@ impl History {
         });
     }
 
+    /// The holder learnt it lost the lock at `at` (recorded later, with that time: a lock
+    /// library that knows when it fired its lost signal gives the exact end of the belief,
+    /// which a task woken by the signal would record a scheduling delay late).
+    pub fn lost_at(&self, acq: &Acq, at: Instant) {
+        let record = Record {
+            t: instant_ns(at),
+            ev: Event::Lost {
+                name: acq.name.clone(),
+                acq: acq.id.clone(),
+            },
+        };
+        self.write_record(&record)
+            .unwrap_or_else(|e| panic!("cannot record to {}: {e}", self.path.display()));
+    }
+
     /// The release is being sent: from here the holder no longer acts as owner.
     pub fn release_sent(&self, acq: &Acq) {
         self.record(Event::ReleaseSent {

@@ -325,7 +325,10 @@ async fn release_quorum(
         (0..nodes.len()).collect(),
         Arc::new(call),
         Instant::now() + limit,
-        move |r| r.iter().zip(&up).all(|(reply, up)| reply.is_some() || !up),
+        move |r| {
+            let answered = r.iter().filter(|c| c.is_some()).count();
+            answered >= quorum(r.len()) && r.iter().zip(&up).all(|(c, up)| c.is_some() || !up)
+        },
     )
     .await;
     let codes: Vec<redis::RedisResult<i64>> = codes

@@ -99,11 +99,15 @@ impl LockGuard {
         }
         let inner = &self.client.inner;
         let sent = Instant::now();
+        // The watchdog's lease first, then the new generation: a renewal picked in between
+        // sends the new lease under the old generation, and its reply is ignored; picked after,
+        // it sends the new lease under the new one. (The other order could tag the old, longer
+        // lease with the new generation, and its reply would then overclaim.)
+        self.lease = lease;
+        inner.watchdog.set_lease(self.id, lease, sent);
         // Before sending: if the reply never comes, Redis may still have applied `by`, which
         // can be shorter than the old lease; and a renewal in flight must not overwrite it.
         let generation = held.begin_extend(sent, by);
-        self.lease = lease;
-        inner.watchdog.set_lease(self.id, lease, sent);
         let locks = [(held.key.as_str(), held.token.as_str(), by)];
         let found = engine::renew(&inner.nodes, held.place, &locks, inner.command_timeout).await;
         match found[0] {

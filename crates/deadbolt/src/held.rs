@@ -34,8 +34,8 @@ pub(crate) struct Held {
     /// Cancelled when the lock is lost; made on first use (most locks are released without
     /// anyone watching for a loss).
     lost: OnceLock<CancellationToken>,
-    /// Why it was lost; set once, before `lost` is cancelled.
-    reason: OnceLock<LostReason>,
+    /// Why it was lost, and when that was known; set once, before `lost` is cancelled.
+    reason: OnceLock<(LostReason, Instant)>,
     /// Stops the task that cancels `lost` at `valid_until`, if one was started (see
     /// [`Held::lost_token`]).
     timer: OnceLock<DropGuard>,
@@ -86,7 +86,7 @@ impl Held {
 
     /// Fires the lost signal and lets the next local task in. The first reason given sticks.
     pub(crate) fn mark_lost(&self, reason: LostReason) {
-        let _ = self.reason.set(reason);
+        let _ = self.reason.set((reason, Instant::now()));
         self.lost_signal().cancel();
         self.take_ticket();
     }
@@ -102,7 +102,12 @@ impl Held {
 
     /// Why the lock was lost, once it was.
     pub(crate) fn lost_reason(&self) -> Option<LostReason> {
-        self.reason.get().copied()
+        self.reason.get().map(|(reason, _)| *reason)
+    }
+
+    /// When the lock was known to be lost, once it was.
+    pub(crate) fn lost_at(&self) -> Option<Instant> {
+        self.reason.get().map(|(_, at)| *at)
     }
 
     /// Gives up the place in the local line (after a release, or when lost).

@@ -235,8 +235,28 @@ async fn take_at_once(
         armed: true,
     };
     let reply = timeout(limit, ACQUIRE_ALL.run::<Vec<i64>>(&call, &mut conn, None)).await;
-    in_flight.armed = false;
-    drop(in_flight);
+    // Without a reply, the script may have taken the keys: armed until they are given back.
+    in_flight.armed = match &reply {
+        Ok(Ok(_)) => false,
+        Ok(Err(err)) => crate::error::is_transient(err),
+        Err(_) => true,
+    };
+    if !in_flight.armed {
+        drop(in_flight);
+    } else {
+        // No reply: the script may have run. Give back whatever it took (our token only), then
+        // go the slow way, which retries and reports as a single lock does. What is not
+        // confirmed (or all of it, if this future is dropped meanwhile) is released in the
+        // background.
+        let nodes = &inner.nodes;
+        let released = join_all(
+            keys.iter()
+                .map(|key| crate::engine::release(nodes, place, key, key, &token, false, limit)),
+        )
+        .await;
+        in_flight.armed = !released.iter().all(Result::is_ok);
+        return Ok(None);
+    }
     match reply {
         Ok(Ok(codes)) if codes.first() == Some(&1) => {
             let guards = names
@@ -259,19 +279,9 @@ async fn take_at_once(
         }
         // A key is held: take them one by one, waiting.
         Ok(Ok(_)) => Ok(None),
-        Ok(Err(err)) if !crate::error::is_transient(&err) => Err(Error::from_redis(err, &keys[0])),
-        // No reply: the script may have run. Give back whatever it took (our token only), then
-        // go the slow way, which retries and reports as a single lock does.
-        _ => {
-            let nodes = &inner.nodes;
-            join_all(
-                keys.iter().map(|key| {
-                    crate::engine::release(nodes, place, key, key, &token, false, limit)
-                }),
-            )
-            .await;
-            Ok(None)
-        }
+        Ok(Err(err)) => Err(Error::from_redis(err, &keys[0])),
+        // Handled above.
+        Err(_) => Ok(None),
     }
 }
 

@@ -301,14 +301,24 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
                             (Renewal::Ours, at) => at,
                             (Renewal::Unknown, _) => since,
                             // Our earlier write expired meanwhile: nothing is held; try again.
-                            (Renewal::Expired | Renewal::Taken, _) => {
-                                unknown_since = None;
+                            // A write of ours still on its way (on a connection since replaced)
+                            // lands after this renewal's send, if at all.
+                            (Renewal::Expired | Renewal::Taken, at) => {
+                                unknown_since = Some(at);
                                 continue;
                             }
                         }
                     }
                     _ => sent,
                 };
+                if sent + lease <= Instant::now() + drift(lease) {
+                    // No validity is left (the reply took the whole lease, or it counts from an
+                    // unknown send): not a lock to hand out. Try again with the same token; the
+                    // key may still hold it, set by this very send, so the next try that finds
+                    // it counts from here and renews it, owner-checked.
+                    unknown_since = Some(unknown_since.map_or(sent, |u| u.min(sent)));
+                    continue;
+                }
                 pending.armed = false;
                 let taken = Taken {
                     name,

@@ -99,6 +99,12 @@ impl LockScope {
         self.held.lost_reason()
     }
 
+    /// When this client knew the lock was lost (the moment [`LockScope::lost`] fired), once it
+    /// was: the end of its belief that it holds the lock, for logs and histories.
+    pub fn lost_at(&self) -> Option<std::time::Instant> {
+        self.held.lost_at().map(tokio::time::Instant::into_std)
+    }
+
     /// A token cancelled when the lock is lost (by the watchdog, or when its validity passes),
     /// to hand to spawned tasks. Cancelling it yourself does not affect the lock.
     pub fn lost_token(&self) -> CancellationToken {

@@ -118,8 +118,10 @@ pub(crate) fn holder_of(token: Option<&str>, pttl: i64) -> Holder {
         (_, -2) => Holder::Gone,
         (Some((ms, quiet)), pttl) => Holder::Deadbolt {
             // A crashed holder's key may have little of its lease left.
+            // At least a millisecond: a key at PTTL 0 expires within it, and a waiter must
+            // not spin on it meanwhile.
             lease: Duration::from_millis(match u64::try_from(pttl) {
-                Ok(left) => ms.min(left),
+                Ok(left) => ms.min(left.max(1)),
                 Err(_) => ms,
             }),
             quiet,

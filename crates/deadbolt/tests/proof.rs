@@ -134,3 +134,38 @@ async fn the_checker_catches_validity_counted_from_the_retry() {
     println!("with the bug:\n{buggy}");
     assert!(!buggy.is_ok(), "the checker missed the bug:\n{buggy}");
 }
+
+/// A try whose reply takes the whole lease (here: 200 ms each way, a 300 ms lease) leaves no
+/// validity: it is not handed out, and the next try, which finds the key still set by that
+/// send, renews it before it counts any validity. Found by `deadbolt check`: the next try used to
+/// count from its own send, past the key's expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_that_took_the_whole_lease_is_counted_from_its_send() {
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(&server).unwrap();
+    let locks = Client::builder(&proxy.url())
+        .command_timeout(ms(2000))
+        .connect()
+        .await
+        .unwrap();
+    proxy.delay(ms(200));
+    let acquire = locks.lock("x").lease(ms(300)).wait(ms(3000)).acquire();
+    let heal = async {
+        tokio::time::sleep(ms(250)).await;
+        proxy.delay(Duration::ZERO);
+    };
+    let (guard, ()) = tokio::join!(acquire, heal);
+    let guard = guard.expect("acquired once the delay is gone");
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("deadbolt:{x}")
+        .query(&mut server.connection())
+        .unwrap();
+    let expires = Instant::now() + Duration::from_millis(pttl.max(0) as u64);
+    assert!(guard.is_held(), "handed out without validity");
+    let over = guard
+        .valid_until()
+        .saturating_duration_since(expires + ms(2));
+    assert_eq!(over, Duration::ZERO, "valid {over:?} past the key's expiry");
+    guard.release().await.unwrap();
+    assert_clean(&server);
+}

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use deadbolt::{Client, Connection, LockGuard, LockScope};
+use deadbolt::{Client, Connection, LockGuard};
 use deadbolt_testkit::history::{Acq, History};
 use tokio::time::Instant;
 
@@ -24,6 +24,7 @@ struct Plan {
     fenced: bool,
     extend: bool,
     multi: Option<usize>,
+    hold_to_end: bool,
 }
 
 /// The clients, the names, and where the record goes.
@@ -86,6 +87,7 @@ impl Workload {
                 fenced: args.fenced,
                 extend: args.extend,
                 multi: args.multi.map(|k| k as usize),
+                hold_to_end: args.hold_to_end,
             },
         })
     }
@@ -237,9 +239,8 @@ impl Task {
             false => None,
         };
         self.history.acquired(&acq, guard.valid_until(), fence);
-        let watcher = self.watch(&acq, guard.scope());
         self.use_lock(&acq, &mut guard).await;
-        watcher.abort();
+        self.record_loss(&acq, &guard);
         self.history.release_sent(&acq);
         let outcome = guard.release().await;
         self.history.release_returned(&acq, &outcome_text(&outcome));
@@ -272,20 +273,19 @@ impl Task {
             }
         };
         // The guards come in name order, as `picked` is.
-        let mut watchers = Vec::new();
         for (acq, guard) in acqs.iter().zip(multi.guards()) {
             self.history.acquired(acq, guard.valid_until(), None);
-            watchers.push(self.watch(acq, guard.scope()));
         }
         for (acq, guard) in acqs.iter().zip(multi.guards()) {
             self.write(acq, guard).await;
         }
-        self.hold(&multi.guards()[0]).await;
-        for (acq, guard) in acqs.iter().zip(multi.guards()) {
+        let held: Vec<(&Acq, &LockGuard)> = acqs.iter().zip(multi.guards()).collect();
+        self.hold(&held).await;
+        for (acq, guard) in &held {
             self.history.valid(acq, guard.valid_until());
         }
-        for (acq, watcher) in acqs.iter().zip(watchers) {
-            watcher.abort();
+        for (acq, guard) in acqs.iter().zip(multi.guards()) {
+            self.record_loss(acq, guard);
             self.history.release_sent(acq);
         }
         let outcome = multi.release().await.map(|_| ());
@@ -305,7 +305,7 @@ impl Task {
                 self.history.valid(acq, guard.valid_until());
             }
         }
-        self.hold(guard).await;
+        self.hold(&[(acq, guard)]).await;
         // The watchdog may have moved the validity since.
         self.history.valid(acq, guard.valid_until());
     }
@@ -335,22 +335,33 @@ impl Task {
         }
     }
 
-    /// Holds for a random time up to the plan's hold, or until the lock is lost.
-    async fn hold(&mut self, guard: &LockGuard) {
-        let hold = self.plan.hold.mul_f64(self.rng.unit());
-        tokio::select! {
-            _ = guard.lost() => {}
-            _ = tokio::time::sleep(hold) => {}
+    /// Holds for a random time up to the plan's hold (with `--hold-to-end`, until 5 ms before
+    /// the validity it was acquired with), or until a lock is lost. Every 20 ms it records the
+    /// validity each holder sees, so the checker follows its renewals.
+    async fn hold(&mut self, held: &[(&Acq, &LockGuard)]) {
+        let first = held[0].1;
+        let stop = match self.plan.hold_to_end {
+            true => Instant::from_std(first.valid_until()) - Duration::from_millis(5),
+            false => Instant::now() + self.plan.hold.mul_f64(self.rng.unit()),
+        };
+        while Instant::now() < stop && held.iter().all(|(_, g)| g.is_held()) {
+            let step = stop.min(Instant::now() + Duration::from_millis(20));
+            tokio::select! {
+                _ = first.lost() => break,
+                _ = tokio::time::sleep_until(step) => {}
+            }
+            for (acq, guard) in held {
+                self.history.valid(acq, guard.valid_until());
+            }
         }
     }
 
-    /// Records the moment the lock is known lost, from a task of its own.
-    fn watch(&self, acq: &Acq, scope: LockScope) -> tokio::task::JoinHandle<()> {
-        let (history, acq) = (self.history.clone(), acq.clone());
-        tokio::spawn(async move {
-            scope.lost().await;
-            history.lost(&acq);
-        })
+    /// Records the loss of the lock, if it was lost, at the moment the library fired its lost
+    /// signal (`lost_at`): the end of the holder's belief, exactly.
+    fn record_loss(&self, acq: &Acq, guard: &LockGuard) {
+        if let Some(at) = guard.lost_at() {
+            self.history.lost_at(acq, at);
+        }
     }
 
     /// Records a failed acquisition; after a failure that is not contention, pauses a little

@@ -315,7 +315,9 @@ pub fn check(records: &[Record]) -> Report {
 
         // 2. Fencing tokens rise with `acquired` time.
         let mut top: Option<(&Held<'_>, u64)> = None;
-        for h in &held {
+        // (An interval that ended before it began held nothing: its `acquired` was recorded
+        // late, after its validity passed, and its place in the order says nothing.)
+        for h in held.iter().filter(|h| h.end > h.start) {
             let Some(fence) = h.fence else { continue };
             match top {
                 Some((t, max)) if fence <= max => {
@@ -440,6 +442,51 @@ mod tests {
                 accepted,
             },
         }
+    }
+
+    fn valid(t: u64, acq: &str, until: u64) -> Record {
+        Record {
+            t,
+            ev: Event::Valid {
+                name: "n1".into(),
+                acq: acq.into(),
+                until,
+            },
+        }
+    }
+
+    #[test]
+    fn renewals_seen_in_time_extend_the_belief_and_late_ones_do_not() {
+        // `a` renewed at 80 (until 200) and 180 (until 300): it believes until its release at
+        // 290, so `b` at 250 overlaps it.
+        let renewed = [
+            acquired(0, "a", 100, None),
+            valid(80, "a", 200),
+            valid(180, "a", 300),
+            release(290, "a"),
+            acquired(250, "b", 400, None),
+        ];
+        assert_eq!(kinds(&check(&renewed)), [ViolationKind::Overlap]);
+        // A renewal seen only after the validity passed does not revive the belief.
+        let late = [
+            acquired(0, "a", 100, None),
+            valid(120, "a", 300),
+            release(290, "a"),
+            acquired(250, "b", 400, None),
+        ];
+        assert!(check(&late).is_ok(), "{}", check(&late));
+    }
+
+    #[test]
+    fn an_interval_that_ended_before_it_began_is_no_holder() {
+        // `a`'s `acquired` was recorded after its validity had passed: it held nothing, so its
+        // fence out of order is no violation.
+        let records = [
+            acquired(0, "b", 100, Some(7)),
+            release(50, "b"),
+            acquired(60, "a", 40, Some(5)),
+        ];
+        assert!(check(&records).is_ok(), "{}", check(&records));
     }
 
     fn kinds(report: &Report) -> Vec<ViolationKind> {

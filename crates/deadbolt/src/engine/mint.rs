@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use futures_util::future::join_all;
+use tokio::time::Instant;
 
 use super::Renewal;
-use super::quorum::{no_quorum, vote_of};
+use super::quorum::{answered_if_up, join_until, no_quorum, vote_of};
 use crate::error::{Error, Result, Vote, is_transient};
 use crate::key::fence_key;
 use crate::node::Node;
@@ -66,15 +66,25 @@ pub(crate) async fn mint(
             .arg(fence_ttl.as_millis() as u64)
             .arg(value);
         let fence_key = &fence_key;
-        join_all(nodes.iter().map(move |node| {
+        // Like every quorum step: over once each node known to be up (and a majority) answered.
+        let asks = nodes.iter().map(move |node| {
             let call = call.clone();
             async move {
                 FENCE_QUORUM
-                    .run::<Vec<i64>>(&call, &mut node.conn.get(), Some(limit))
+                    .run::<Vec<i64>>(&call, &mut node.conn.get(), None)
                     .await
                     .map_err(|e| Error::from_redis(e, fence_key))
             }
-        }))
+        });
+        async move {
+            let replies = join_until(Instant::now() + limit, asks, |r| answered_if_up(nodes, r));
+            let replies: Vec<Result<Vec<i64>>> = replies
+                .await
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| Err(Error::no_reply())))
+                .collect();
+            replies
+        }
     };
     let proposals = step(0).await;
     let fence = match tally(nodes, name, &proposals)? {

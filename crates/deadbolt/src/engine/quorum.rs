@@ -193,14 +193,18 @@ pub(super) async fn release_until(
     done.iter_mut().map(Option::take).collect()
 }
 
-/// Whether every node of `nodes` that is known to be up has answered (`replies` in the same
-/// order): a quorum step waits for those, as Redlock does, so a lock is taken and renewed on
-/// every live node; a node that is down or silent (see `Conn::is_up`) costs it nothing.
+/// Whether a quorum step may end: every node of `nodes` that is known to be up has answered
+/// (`replies` in the same order), and at least a majority has. A step waits for those, as
+/// Redlock does, so a lock is taken and renewed on every live node, while a node that is down
+/// or silent (see `Conn::is_up`) costs it nothing; the majority floor keeps a client that found
+/// every node silent (a stall of its own) from ending steps at the first reply.
 pub(super) fn answered_if_up<T>(nodes: &[Node], replies: &[Option<T>]) -> bool {
-    nodes
-        .iter()
-        .zip(replies)
-        .all(|(node, reply)| reply.is_some() || !node.conn.is_up())
+    let answered = replies.iter().filter(|r| r.is_some()).count();
+    answered >= quorum(nodes.len())
+        && nodes
+            .iter()
+            .zip(replies)
+            .all(|(node, reply)| reply.is_some() || !node.conn.is_up())
 }
 
 /// The vote of a node whose step failed.
