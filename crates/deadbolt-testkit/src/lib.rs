@@ -76,7 +76,7 @@ mod wait;
 
 pub use cluster::RedisCluster;
 pub use masters::RedisMasters;
-pub use proxy::{Fault, FaultProxy, FaultSchedule, FaultStep};
+pub use proxy::{Fault, FaultProxy, FaultSchedule, FaultStep, SplitMix64};
 pub use sentinel::RedisSentinels;
 pub use server::{RedisServer, RedisServerBuilder};
 

@@ -33,7 +33,7 @@ mod conn;
 mod schedule;
 
 use conn::{Conn, open};
-pub use schedule::{Fault, FaultSchedule, FaultStep};
+pub use schedule::{Fault, FaultSchedule, FaultStep, SplitMix64};
 
 /// How long `reset`, `heal` and `Drop` wait for closed connections to let go of their sockets.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use deadbolt::{Client, Connection, LockGuard};
+use deadbolt_testkit::SplitMix64;
 use deadbolt_testkit::history::{Acq, History};
 use tokio::time::Instant;
 
@@ -108,7 +109,7 @@ impl Workload {
                     history: self.history.clone(),
                     resource: self.resource.clone(),
                     plan: self.plan,
-                    rng: Rng::new((self.process << 32) + (c * 1000 + t) as u64 + 1),
+                    rng: SplitMix64((self.process << 32) + (c * 1000 + t) as u64 + 1),
                 };
                 let (done, stop) = (done.clone(), stop.clone());
                 tasks.spawn(
@@ -199,7 +200,8 @@ struct Task {
     history: Arc<History>,
     resource: Connection,
     plan: Plan,
-    rng: Rng,
+    /// A seeded, repeatable stream for picking names and holds.
+    rng: SplitMix64,
 }
 
 impl Task {
@@ -217,7 +219,7 @@ impl Task {
 
     /// One holding of one name; returns 1 if it was acquired.
     async fn single(&mut self) -> u64 {
-        let name = self.names[self.rng.below(self.names.len())].clone();
+        let name = self.names[self.rng.below(self.names.len() as u64) as usize].clone();
         let acq = self.history.begin(&name);
         let builder = self.client.lock(name.as_str()).wait(self.plan.wait);
         let builder = match self.plan.lease {
@@ -251,7 +253,7 @@ impl Task {
     async fn multi(&mut self, k: usize) -> u64 {
         let mut picked: Vec<String> = Vec::with_capacity(k);
         while picked.len() < k {
-            let name = &self.names[self.rng.below(self.names.len())];
+            let name = &self.names[self.rng.below(self.names.len() as u64) as usize];
             if !picked.contains(name) {
                 picked.push(name.clone());
             }
@@ -379,32 +381,5 @@ fn outcome_text(outcome: &deadbolt::Result<deadbolt::ReleaseOutcome>) -> String 
     match outcome {
         Ok(outcome) => format!("{outcome:?}"),
         Err(err) => format!("error: {err}"),
-    }
-}
-
-/// SplitMix64: a seeded, repeatable stream for picking names and holds.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// In `0..n`.
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// In `0.0..1.0`.
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }

@@ -231,11 +231,14 @@ fn sleep_until(deadline: Instant, stop: &AtomicBool) -> bool {
     false
 }
 
-/// SplitMix64 (Steele, Lea and Flood, 2014): one `u64` of state, good enough for test plans.
-struct SplitMix64(u64);
+/// SplitMix64 (Steele, Lea and Flood, 2014): one `u64` of state, good enough for test plans
+/// and workloads that must replay from a seed.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    /// The next number of the stream.
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -244,8 +247,13 @@ impl SplitMix64 {
     }
 
     /// Uniform in `0..n`, `n > 0` (Lemire's multiply-shift; its bias is below 2⁻³² here).
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// Uniform in `0.0..1.0`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Whole milliseconds uniform from `lo` to `hi`, both included, and at least 1 ms.
