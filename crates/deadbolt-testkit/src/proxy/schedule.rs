@@ -131,7 +131,7 @@ impl FaultSchedule {
                 Fault::Reset => Duration::ZERO,
                 _ => rng.millis(MIN_STEP, max_fault),
             };
-            let target = rng.next();
+            let target = rng.next_u64();
             let at = now + gap;
             if at + lasts > total {
                 break;
@@ -238,7 +238,7 @@ pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
     /// The next number of the stream.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -248,12 +248,12 @@ impl SplitMix64 {
 
     /// Uniform in `0..n`, `n > 0` (Lemire's multiply-shift; its bias is below 2⁻³² here).
     pub fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
 
     /// Uniform in `0.0..1.0`.
     pub fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Whole milliseconds uniform from `lo` to `hi`, both included, and at least 1 ms.
@@ -273,7 +273,7 @@ mod tests {
         // The first outputs for seed 1234567, from the reference C implementation.
         let mut rng = SplitMix64(1_234_567);
         assert_eq!(
-            [rng.next(), rng.next(), rng.next()],
+            [rng.next_u64(), rng.next_u64(), rng.next_u64()],
             [
                 6_457_827_717_110_365_317,
                 3_203_168_211_198_807_973,
