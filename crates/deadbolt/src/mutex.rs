@@ -293,32 +293,44 @@ async fn acquire(builder: LockBuilder<'_>, try_only: bool) -> Result<LockGuard> 
                     pending.clean_up(inner.command_timeout).await;
                     return Err(err);
                 }
-                let sent = match unknown_since {
+                // When validity counts from: this try's send, or, after a try of unknown
+                // outcome, the owner-checked renewal that follows. `None`: nothing to hand out.
+                let from = match unknown_since {
                     Some(since) if !inner.validity_from_retry => {
                         // Renewed, owner-checked, so the lock gets its whole lease again; if that
                         // cannot tell, validity counts from the earliest unknown send.
                         match refresh(inner, place, &pending.key, &pending.token, lease).await {
-                            (Renewal::Ours, at) => at,
-                            (Renewal::Unknown, _) => since,
-                            // Our earlier write expired meanwhile: nothing is held; try again.
-                            // A write of ours still on its way (on a connection since replaced)
-                            // lands after this renewal's send, if at all.
+                            (Renewal::Ours, at) => Some(at),
+                            (Renewal::Unknown, _) => Some(since),
+                            // Our earlier write expired meanwhile: nothing is held. A write of
+                            // ours still on its way (on a connection since replaced) lands after
+                            // this renewal's send, if at all.
                             (Renewal::Expired | Renewal::Taken, at) => {
                                 unknown_since = Some(at);
-                                continue;
+                                None
                             }
                         }
                     }
-                    _ => sent,
+                    _ => Some(sent),
                 };
-                if sent + lease <= Instant::now() + drift(lease) {
-                    // No validity is left (the reply took the whole lease, or it counts from an
-                    // unknown send): not a lock to hand out. Try again with the same token; the
-                    // key may still hold it, set by this very send, so the next try that finds
-                    // it counts from here and renews it, owner-checked.
-                    unknown_since = Some(unknown_since.map_or(sent, |u| u.min(sent)));
-                    continue;
-                }
+                let sent = match from {
+                    Some(from) if from + lease > Instant::now() + drift(lease) => from,
+                    _ => {
+                        // No validity is left (the reply took the whole lease, or it counts
+                        // from an unknown send): not a lock to hand out. Try again with the same
+                        // token; the key may still hold it, set by that send, so the next try
+                        // that finds it counts from there and renews it, owner-checked.
+                        if let Some(from) = from {
+                            unknown_since = Some(unknown_since.map_or(from, |u| u.min(from)));
+                        }
+                        if Instant::now() >= deadline {
+                            // Redis answers, but slower than the lease: no lock in time.
+                            pending.clean_up(CLEAN_UP_AFTER_FAILURE).await;
+                            return Err(unavailable(inner, place, Error::no_reply()));
+                        }
+                        continue;
+                    }
+                };
                 pending.armed = false;
                 let taken = Taken {
                     name,

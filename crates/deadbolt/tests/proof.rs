@@ -169,3 +169,41 @@ async fn a_reply_that_took_the_whole_lease_is_counted_from_its_send() {
     guard.release().await.unwrap();
     assert_clean(&server);
 }
+
+/// When every reply takes longer than the lease, no try leaves any validity: `acquire` gives up
+/// at its deadline (Redis answers, too slowly for this lease) instead of trying forever, and
+/// leaves no lock behind once its clean-up and the lease have run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_slower_than_the_lease_end_at_the_deadline() {
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(&server).unwrap();
+    let locks = Client::builder(&proxy.url())
+        .command_timeout(ms(2000))
+        .connect()
+        .await
+        .unwrap();
+    proxy.delay(ms(100));
+    let start = Instant::now();
+    let taken = tokio::time::timeout(
+        Duration::from_secs(5),
+        locks.lock("x").lease(ms(50)).wait(ms(600)).acquire(),
+    )
+    .await
+    .expect("acquire went on past its deadline");
+    let err = taken.expect_err("a lock without validity was handed out");
+    assert!(
+        matches!(err, deadbolt::Error::Unavailable { .. }),
+        "{err:?}"
+    );
+    assert!(
+        start.elapsed() < ms(1500),
+        "returned after {:?}",
+        start.elapsed()
+    );
+    proxy.delay(Duration::ZERO);
+    assert!(
+        crate::util::eventually(ms(2000), || server.keys().is_empty()).await,
+        "left behind: {:?}",
+        server.keys()
+    );
+}
