@@ -294,9 +294,19 @@ pub(crate) async fn release(
         }
     };
     let node = &nodes[i];
-    let code = RELEASE
-        .run::<i64>(&call, &mut node.conn.get(), node.timer_for(limit))
-        .await;
+    release_on(node, &call, node.timer_for(limit))
+        .await
+        .map_err(|e| Error::from_redis(e, key))
+}
+
+/// Runs the release script `call` on `node`, bounded by `bound` if given, and notes what its
+/// answer says of the node: a connection-level failure, or a user that may not publish.
+pub(super) async fn release_on(
+    node: &Node,
+    call: &redis::Cmd,
+    bound: Option<Duration>,
+) -> redis::RedisResult<i64> {
+    let code = RELEASE.run::<i64>(call, &mut node.conn.get(), bound).await;
     if let Err(err) = &code
         && is_transient(err)
     {
@@ -307,7 +317,7 @@ pub(crate) async fn release(
         // tokens say so, so waiters re-check instead of waiting for a message.
         node.waiters.degrade();
     }
-    code.map_err(|e| Error::from_redis(e, key))
+    code
 }
 
 /// [`release`] on every node of a quorum, over once a majority released it or can no longer;

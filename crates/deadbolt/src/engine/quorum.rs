@@ -9,13 +9,12 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 
-use super::{Attempt, Try, TryWrite, node_timeout, outcome, try_on};
-use crate::error::is_transient;
+use super::{Attempt, Try, TryWrite, node_timeout, outcome, release_on, try_on};
 use crate::error::{Error, NodeOutcome, Result, Vote};
 use crate::node::Node;
 use crate::options::drift;
 use crate::place::quorum;
-use crate::scripts::{self, RELEASE};
+use crate::scripts;
 use crate::token::Holder;
 
 /// One try on every node at once. Acquired when a majority took the lock and its validity
@@ -162,17 +161,7 @@ pub(super) async fn release_until(
         let (nodes, call) = (nodes.clone(), call.clone());
         let (slots, settled, decided) = (slots.clone(), settled.clone(), decided.clone());
         async move {
-            let node = &nodes[i];
-            let code = RELEASE.run::<i64>(&call, &mut node.conn.get(), None).await;
-            if let Err(err) = &code
-                && is_transient(err)
-            {
-                node.conn.saw_error(err);
-            }
-            if let Ok(3) = code {
-                // Redis refused the PUBLISH: this user may not use the channels (any more).
-                node.waiters.degrade();
-            }
+            let code = release_on(&nodes[i], &call, None).await;
             let mut done = slots.lock().unwrap_or_else(|e| e.into_inner());
             done[slot] = Some(code);
             if decided(&done) {
